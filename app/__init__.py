@@ -1,0 +1,51 @@
+"""Qwen-Omni speech transcription service: the application factory."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from flask import Flask, Request
+
+from app.errors import register_error_handlers
+from app.services import BackendLoader, build_services
+from app.settings import Settings
+
+
+def _upload_request_class(upload_dir: Path) -> type[Request]:
+    """A Request whose file uploads stream straight to disk under the data dir, deleted when the request ends."""
+
+    class UploadRequest(Request):
+        def _get_file_stream(
+            self,
+            total_content_length: int | None,
+            content_type: str | None,
+            filename: str | None = None,
+            content_length: int | None = None,
+        ) -> IO[bytes]:
+            # Named, so ffmpeg reads it in place; the name is ours, never the client's.
+            return tempfile.NamedTemporaryFile(prefix="upload-", dir=upload_dir)
+
+    return UploadRequest
+
+
+def create_app(settings: Settings | None = None, loader: BackendLoader | None = None) -> Flask:
+    """Build the app; settings default to the environment, loader to the configured checkpoint."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings or Settings.from_env()
+    services = build_services(settings, loader)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_size
+    app.request_class = _upload_request_class(services.uploads_dir)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["asr"] = services
+
+    from app.api import bp
+
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    services.start()
+    return app

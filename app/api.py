@@ -1,0 +1,196 @@
+"""The native HTTP API: routes parse and validate, then delegate to the pipeline and the job store."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from werkzeug.datastructures import FileStorage
+
+from app.devices import gpu_memory
+from app.errors import JobNotFound, MissingFile
+from app.formats import join_text, render_srt, render_text, segments_json
+from app.jobs import new_job_id
+from app.options import parse_options
+from app.outputs import now_iso, write_output
+from app.pipeline import Transcript
+from app.services import Services
+
+bp = Blueprint("api", __name__)
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["asr"]
+    return services
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Liveness plus model, device and job figures; never waits on the model."""
+    services = _services()
+    model = services.engine.status()
+    gpu, allocated, reserved = gpu_memory()
+    counts = services.jobs.counts()
+    return jsonify(
+        {
+            "status": "ok",
+            "model_loaded": model["state"] == "loaded",
+            "gpu_available": gpu,
+            "gpu_memory_allocated_gb": allocated,
+            "gpu_memory_reserved_gb": reserved,
+            "timestamp": now_iso(),
+            "model": {**model, "checkpoint": services.settings.checkpoint_path},
+            "jobs": {"queued": counts["queued"], "running": counts["processing"]},
+        }
+    )
+
+
+def _upload() -> FileStorage:
+    file = request.files.get("file")
+    if file is None:
+        fields = sorted(request.files.keys())
+        hint = f" (got file field(s): {', '.join(fields)})" if fields else ""
+        raise MissingFile(f"no audio uploaded: send it as the multipart form field 'file'{hint}")
+    return file
+
+
+def _stem(file: FileStorage) -> str:
+    """The upload's name without directories or extension, for naming the attachment only."""
+    raw = file.filename or ""
+    name = PureWindowsPath(PurePosixPath(raw).name).name
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return stem.strip()[:200] or "transcription"
+
+
+@contextmanager
+def _local_path(file: FileStorage) -> Iterator[Path]:
+    """A path ffmpeg can read for the upload; temporary copies are removed on every path."""
+    name = getattr(file.stream, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        # Already streamed to a temp file under the data dir by UploadRequest: no second copy.
+        yield Path(name)
+        return
+    fd, tmp = tempfile.mkstemp(prefix="upload-", dir=_services().uploads_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(file.stream, out, 1024 * 1024)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
+    """Validate, transcribe the upload, write the output file; returns transcript, text and output name."""
+    services = _services()
+    options = parse_options(request.form, services.settings.default_options())
+    with _local_path(file) as path:
+        transcript = services.pipeline.transcribe(path, options)
+    text = join_text([s.text for s in transcript.segments])
+    output_file = write_output(services.outputs_dir, text + "\n")
+    return transcript, text, output_file
+
+
+def _attachment(body: str, filename: str, mimetype: str, output_file: str) -> Response:
+    response = send_file(
+        io.BytesIO(body.encode("utf-8")), mimetype=mimetype, as_attachment=True, download_name=filename
+    )
+    response.headers["X-Output-File"] = output_file
+    return response
+
+
+@bp.post("/transcribe")
+def transcribe_text() -> Response:
+    """The transcript as a text/plain attachment named after the upload."""
+    file = _upload()
+    transcript, _, output_file = _run_sync(file)
+    return _attachment(render_text(transcript), f"{_stem(file)}.txt", "text/plain", output_file)
+
+
+@bp.post("/transcribe/json")
+def transcribe_json() -> Response:
+    """The transcript with its segments as JSON."""
+    transcript, text, output_file = _run_sync(_upload())
+    return jsonify(
+        {
+            "status": "success",
+            "transcription": text,
+            "output_file": output_file,
+            "timestamp": now_iso(),
+            "duration": round(transcript.duration, 3),
+            "language": transcript.language,
+            "processing_time": round(transcript.processing_seconds, 3),
+            "segments": segments_json(transcript),
+        }
+    )
+
+
+@bp.post("/transcribe/srt")
+def transcribe_srt() -> Response:
+    """The transcript as a SubRip attachment, one cue per segment at its real position."""
+    file = _upload()
+    transcript, _, output_file = _run_sync(file)
+    return _attachment(render_srt(transcript), f"{_stem(file)}.srt", "application/x-subrip; charset=utf-8", output_file)
+
+
+@bp.post("/transcribe/async")
+def transcribe_async() -> tuple[Response, int]:
+    """Queue a job; the upload is kept under the data dir until the job ends."""
+    services = _services()
+    file = _upload()
+    options = parse_options(request.form, services.settings.default_options())
+    job_id = new_job_id()
+    audio_path = services.runner.audio_path(job_id)
+    audio_path.parent.mkdir(parents=True)
+    try:
+        with _local_path(file) as path:
+            _keep(path, audio_path)
+        services.jobs.create(job_id, options, audio_path)
+    except BaseException:
+        shutil.rmtree(audio_path.parent, ignore_errors=True)
+        raise
+    services.runner.notify()
+    body = {"job_id": job_id, "status": "queued", "status_url": f"/status/{job_id}"}
+    return jsonify(body), 202
+
+
+def _keep(source: Path, target: Path) -> None:
+    """Persist an upload for a job: a hard link when possible (same filesystem), else a copy."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+@bp.get("/status/<job_id>")
+def job_status(job_id: str) -> Response:
+    """A job's state and progress; the transcription once completed, the error once failed."""
+    job = _services().jobs.get(job_id)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status,
+        "progress": {"segments_done": job.segments_done, "segments_total": job.segments_total},
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+    }
+    if job.status == "completed" and job.result is not None:
+        body.update(
+            transcription=job.result["transcription"],
+            output_file=job.output_file,
+            completed_at=job.completed_at,
+            duration=job.result["duration"],
+            segments=job.result["segments"],
+        )
+    if job.status == "failed":
+        body.update(error=job.error, completed_at=job.completed_at)
+    return jsonify(body)

@@ -1,0 +1,136 @@
+"""Qwen2.5-Omni through transformers: the thinker alone (text out), fed audio through the upstream processor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from app.backends import GenerationRequest
+from app.devices import resolve_device
+from app.options import LANGUAGES
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The ASR prompt from Qwen's cookbook.
+SYSTEM_PROMPT = "You are a speech recognition model."
+DEFAULT_INSTRUCTION = "Transcribe the audio into text."
+# Shorter audio yields no audio tokens after the encoder's two stride-2 convolutions; pad with silence.
+MIN_SAMPLES = 16000
+
+
+def instruction_for(language: str | None, prompt: str | None) -> str:
+    """The user instruction: the client's prompt, else the cookbook's, naming the language when given."""
+    if prompt:
+        return prompt
+    if language:
+        return f"Transcribe the {LANGUAGES.get(language, language)} audio into text."
+    return DEFAULT_INSTRUCTION
+
+
+def conversation(language: str | None, prompt: str | None) -> list[dict[str, Any]]:
+    """The chat messages for one segment; the audio itself goes to the processor separately."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+        {
+            "role": "user",
+            "content": [{"type": "audio"}, {"type": "text", "text": instruction_for(language, prompt)}],
+        },
+    ]
+
+
+class QwenOmniBackend:
+    """A loaded Qwen2.5-Omni thinker and its processor."""
+
+    def __init__(self, model: Any, processor: Any, device: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        tokenizer = processor.tokenizer
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self._eos = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[-1]
+
+    @classmethod
+    def load(cls, settings: Settings) -> QwenOmniBackend:
+        """Load processor and thinker weights onto the configured device."""
+        import torch
+        from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+        from transformers.utils.import_utils import is_flash_attn_2_available
+
+        device = resolve_device(settings.device)
+        attn = "sdpa"
+        if settings.flash_attn2:
+            if device == "cuda" and is_flash_attn_2_available():
+                attn = "flash_attention_2"
+            else:
+                log.warning("flash_attention_2 is not available here; using sdpa")
+        # On CUDA keep the checkpoint's own dtype (bf16 for full weights, fp16 for AWQ); CPU kernels want fp32.
+        dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+        local = settings.local_model
+        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            settings.checkpoint_path, local_files_only=local
+        )
+        # The full Qwen2.5-Omni checkpoint stores the thinker under "thinker."; transformers' conversion
+        # mapping strips that prefix and its ThinkerConfig picks thinker_config, so the talker is never loaded.
+        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            settings.checkpoint_path,
+            dtype=dtype,
+            attn_implementation=attn,
+            device_map="auto" if device == "cuda" else None,
+            local_files_only=local,
+        )
+        if device != "cuda":
+            model = model.to(device)  # type: ignore[arg-type]
+        model.eval()  # type: ignore[no-untyped-call]
+        log.info("loaded %s on %s (%s, %s)", settings.checkpoint_path, device, model.dtype, attn)
+        return cls(model, processor, device)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
+        """Transcribe a batch of segments in one generate call (left padding)."""
+        import torch
+
+        params = batch[0].params
+        texts = [
+            self.processor.apply_chat_template(
+                conversation(r.language, r.prompt), add_generation_prompt=True, tokenize=False
+            )
+            for r in batch
+        ]
+        audio = [_at_least(r.samples, MIN_SAMPLES) for r in batch]
+        # Pad features to the longest segment in this batch, not to the extractor's 300 s default.
+        longest = max(len(a) for a in audio)
+        inputs = self.processor(
+            text=texts, audio=audio, return_tensors="pt", padding=True, audio_kwargs={"max_length": longest}
+        )
+        inputs = inputs.to(self.model.device)
+        inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
+        if params.temperature > 0:
+            sampling["temperature"] = params.temperature
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=params.max_new_tokens,
+                repetition_penalty=params.repetition_penalty,
+                eos_token_id=self._eos,
+                pad_token_id=self._pad,
+                **sampling,
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in decoded]
+
+    def close(self) -> None:
+        """Drop the model and processor."""
+        self.model = None
+        self.processor = None
+
+
+def _at_least(samples: np.ndarray, length: int) -> np.ndarray:
+    if len(samples) >= length:
+        return samples
+    return np.pad(samples, (0, length - len(samples)))

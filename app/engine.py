@@ -1,0 +1,238 @@
+"""The one inference worker: it alone owns the model, loads it lazily, batches segments and unloads when idle."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from app.backends import Backend, GenerationRequest
+from app.errors import InferenceFailed, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    """Where the model is in its lifecycle."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    ERROR = "error"
+
+
+@dataclass
+class _Work:
+    request: GenerationRequest
+    future: Future[str]
+
+
+_STOP = object()
+
+
+class Engine:
+    """Request threads submit segments and wait on futures; one worker thread does all loading and generation."""
+
+    def __init__(
+        self,
+        loader: Callable[[], Backend],
+        *,
+        idle_timeout: float,
+        batch_size: int,
+        release: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._loader = loader
+        self._idle_timeout = idle_timeout
+        self._batch_size = batch_size
+        self._release = release
+        self._clock = clock
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._backend: Backend | None = None
+        self._state = ModelState.UNLOADED
+        self._error: str | None = None
+        self._device: str | None = None
+        self._last_used = clock()
+        self._busy = False
+        self._loads = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the batch in hand, unload, and end the worker thread."""
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[str]]:
+        """Queue segments for generation; each future resolves to the segment's text or raises."""
+        self.start()
+        futures: list[Future[str]] = []
+        for request in requests:
+            future: Future[str] = Future()
+            self._queue.put(_Work(request, future))
+            futures.append(future)
+        return futures
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of the lifecycle for /health."""
+        with self._lock:
+            left: float | None = None
+            if self._state is ModelState.LOADED and self._idle_timeout > 0 and not self._busy:
+                left = max(0.0, self._last_used + self._idle_timeout - self._clock())
+            return {
+                "state": self._state.value,
+                "error": self._error,
+                "device": self._device,
+                "idle_timeout": self._idle_timeout,
+                "seconds_until_unload": None if left is None else round(left, 1),
+                "loads": self._loads,
+                "pending_segments": self._queue.qsize(),
+            }
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a model is in memory."""
+        return self._state is ModelState.LOADED
+
+    # The worker thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: deque[_Work] = deque()
+        while True:
+            if not pending:
+                try:
+                    item = self._queue.get(timeout=self._until_unload())
+                except queue.Empty:
+                    self._unload_if_idle()
+                    continue
+                if item is _STOP:
+                    break
+                pending.append(item)
+            stop = self._drain(pending)
+            batch = self._take_batch(pending)
+            if batch:
+                self._process(batch, pending)
+            if stop:
+                break
+        self._fail_all(pending, ModelUnavailable("the service is shutting down"))
+        self._unload()
+
+    def _drain(self, pending: deque[_Work]) -> bool:
+        """Move everything already queued into pending; True if a stop was requested."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            pending.append(item)
+
+    def _take_batch(self, pending: deque[_Work]) -> list[_Work]:
+        """Up to batch_size live items sharing the first item's params, in submission order."""
+        batch: list[_Work] = []
+        rest: deque[_Work] = deque()
+        params = None
+        while pending:
+            work = pending.popleft()
+            if work.future.cancelled():
+                continue
+            if params is None:
+                params = work.request.params
+            if work.request.params == params and len(batch) < self._batch_size:
+                batch.append(work)
+            else:
+                rest.append(work)
+        pending.extend(rest)
+        return batch
+
+    def _process(self, batch: list[_Work], pending: deque[_Work]) -> None:
+        live = [w for w in batch if w.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        backend = self._ensure_loaded()
+        if backend is None:
+            # Everything waiting would fail the same way; fail it now rather than reload per item.
+            error = ModelUnavailable(f"model could not be loaded: {self._error}")
+            self._fail_all(live, error, running=True)
+            self._fail_all(pending, error)
+            pending.clear()
+            return
+        with self._lock:
+            self._busy = True
+        try:
+            texts = backend.generate([w.request for w in live])
+            if len(texts) != len(live):
+                raise RuntimeError(f"backend returned {len(texts)} texts for {len(live)} segments")
+        except Exception as exc:  # a backend fault fails these requests, never the worker
+            log.exception("generation failed")
+            self._fail_all(live, InferenceFailed(f"generation failed: {exc}"), running=True)
+        else:
+            for work, text in zip(live, texts, strict=True):
+                work.future.set_result(text)
+        finally:
+            with self._lock:
+                self._busy = False
+                self._last_used = self._clock()
+
+    def _ensure_loaded(self) -> Backend | None:
+        if self._backend is not None:
+            return self._backend
+        with self._lock:
+            self._state, self._error = ModelState.LOADING, None
+        started = self._clock()
+        try:
+            backend = self._loader()
+        except Exception as exc:  # a load failure leaves the service up and reports why
+            log.exception("model load failed")
+            self._release()
+            with self._lock:
+                self._state, self._error = ModelState.ERROR, f"{type(exc).__name__}: {exc}"
+            return None
+        with self._lock:
+            self._backend, self._device = backend, backend.device
+            self._state, self._loads = ModelState.LOADED, self._loads + 1
+            self._last_used = self._clock()
+        log.info("model loaded in %.1f s", self._clock() - started)
+        return backend
+
+    def _until_unload(self) -> float | None:
+        if self._backend is None or self._idle_timeout <= 0:
+            return None
+        return max(0.0, self._last_used + self._idle_timeout - self._clock())
+
+    def _unload_if_idle(self) -> None:
+        if self._backend is not None and self._clock() - self._last_used >= self._idle_timeout > 0:
+            log.info("idle for %.0f s: unloading the model", self._idle_timeout)
+            self._unload()
+
+    def _unload(self) -> None:
+        backend = self._backend
+        if backend is None:
+            return
+        with self._lock:
+            self._backend, self._state = None, ModelState.UNLOADED
+        backend.close()
+        del backend
+        self._release()
+
+    @staticmethod
+    def _fail_all(items: Sequence[_Work] | deque[_Work], error: Exception, *, running: bool = False) -> None:
+        for work in items:
+            if running or work.future.set_running_or_notify_cancel():
+                work.future.set_exception(error)

@@ -1,0 +1,57 @@
+"""Pure renderers from a Transcript to the response formats."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import timedelta
+from typing import Any
+
+import srt
+
+from app.pipeline import Transcript
+
+
+def _is_cjk(char: str) -> bool:
+    """Characters written without spaces between words (Han, kana, Hangul syllables, CJK punctuation)."""
+    name = unicodedata.name(char, "")
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "FULLWIDTH", "IDEOGRAPHIC"))
+
+
+def join_text(parts: list[str]) -> str:
+    """Join segment texts: a space between words, nothing between CJK characters."""
+    out = ""
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if out and not (_is_cjk(out[-1]) and _is_cjk(part[0])):
+            out += " "
+        out += part
+    return out
+
+
+def render_text(transcript: Transcript) -> str:
+    """The whole transcript as plain text, newline-terminated."""
+    return join_text([s.text for s in transcript.segments]) + "\n"
+
+
+def render_srt(transcript: Transcript) -> str:
+    """One SubRip cue per non-empty segment, timed by the segment's real position in the audio."""
+    cues = [
+        srt.Subtitle(
+            index=0,
+            start=timedelta(seconds=segment.start),
+            end=timedelta(seconds=segment.end),
+            content=segment.text,
+        )
+        for segment in transcript.segments
+        if segment.text.strip()
+    ]
+    return str(srt.compose(cues, reindex=True, start_index=1))
+
+
+def segments_json(transcript: Transcript) -> list[dict[str, Any]]:
+    """The per-segment view used by the JSON outputs."""
+    return [
+        {"index": s.index, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+        for s in transcript.segments
+    ]

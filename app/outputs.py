@@ -1,0 +1,33 @@
+"""Finished transcriptions written under <data dir>/outputs, one file each, never overwritten."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def now_iso() -> str:
+    """The current UTC time in ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_output(directory: Path, text: str) -> str:
+    """Write text to YYYYMMDDHHMMSS.txt (a _N suffix when that second is taken); returns the file name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    data = text.encode("utf-8")
+    for n in range(1, 10_000):
+        name = f"{stamp}.txt" if n == 1 else f"{stamp}_{n}.txt"
+        tmp = directory / f".{name}.tmp"
+        try:
+            # O_EXCL on the final name reserves it, so two requests finishing in one second never share a file.
+            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        # Write beside it and rename over the reservation: readers never see a half-written file.
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / name)
+        return name
+    raise RuntimeError("no free output file name")

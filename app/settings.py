@@ -1,0 +1,139 @@
+"""The one frozen settings object, built from CLI flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from app.options import TranscribeOptions, check_max_new_tokens, check_segment_duration
+
+DEFAULT_CHECKPOINT = "Qwen/Qwen2.5-Omni-7B-AWQ"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "qwen-omni-asr")
+
+
+def _setting(default: Any, env: str, help: str, **kw: Any) -> Any:
+    """A settings field carrying its environment variable and help text."""
+    return field(default=default, metadata={"env": env, "help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; every field has a CLI flag (--field-name) and an environment variable."""
+
+    # Model: a Hugging Face id or a local directory holding the checkpoint.
+    checkpoint_path: str = _setting(DEFAULT_CHECKPOINT, "ASR_CHECKPOINT_PATH", "model id or local checkpoint dir")
+    # No network: the checkpoint must be a local directory or already in the Hugging Face cache.
+    local_model: bool = _setting(False, "ASR_LOCAL_MODEL", "never download; use a local dir or the HF cache")
+    # auto picks CUDA, then Apple MPS, then CPU (with a warning).
+    device: str = _setting("auto", "ASR_DEVICE", "auto, cuda, mps or cpu", choices=DEVICES)
+    # flash_attention_2 when importable, else sdpa with a warning.
+    flash_attn2: bool = _setting(False, "ASR_FLASH_ATTN2", "use flash_attention_2 when installed")
+    # Seconds without use before the model is unloaded; 0 keeps it loaded forever.
+    idle_timeout: float = _setting(300.0, "ASR_IDLE_TIMEOUT", "seconds idle before unloading the model (0 = never)")
+    # Job database, uploads in flight, outputs. Never inside the code tree.
+    data_dir: str = _setting(_default_data_dir(), "ASR_DATA_DIR", "directory for jobs, uploads and outputs")
+    # Defaults of the per-request options (each request may override them).
+    segment_duration: float = _setting(60.0, "ASR_SEGMENT_DURATION", "default segment length in seconds (1-300)")
+    max_new_tokens: int = _setting(8192, "ASR_MAX_NEW_TOKENS", "default max new tokens per segment")
+    temperature: float = _setting(0.1, "ASR_TEMPERATURE", "default sampling temperature (0 = greedy)")
+    repetition_penalty: float = _setting(1.1, "ASR_REPETITION_PENALTY", "default repetition penalty")
+    # Uploads over this many bytes get 413 (accepts K/M/G suffixes, e.g. 4G).
+    max_upload_size: int = _setting(4 * 1024**3, "ASR_MAX_UPLOAD_SIZE", "upload limit in bytes (K/M/G suffixes ok)")
+    # Segments the inference worker puts into one generate call.
+    batch_size: int = _setting(8, "ASR_BATCH_SIZE", "segments per generate call")
+    # Async jobs processed at once; their segments share the inference worker's batches.
+    job_workers: int = _setting(2, "ASR_JOB_WORKERS", "async jobs processed concurrently")
+    # HTTP server (gunicorn: one worker process, this many threads).
+    host: str = _setting("0.0.0.0", "ASR_HOST", "address to bind")
+    port: int = _setting(5000, "ASR_PORT", "port to bind")
+    threads: int = _setting(16, "ASR_THREADS", "request threads")
+
+    def __post_init__(self) -> None:
+        check_segment_duration(self.segment_duration)
+        check_max_new_tokens(self.max_new_tokens)
+        self.default_options()  # validates temperature and repetition_penalty the same way requests are
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name in ("batch_size", "job_workers", "threads", "max_upload_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.idle_timeout < 0:
+            raise ValueError("idle_timeout must be >= 0")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1-65535, got {self.port}")
+
+    @property
+    def data_path(self) -> Path:
+        """data_dir as an absolute Path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    def default_options(self) -> TranscribeOptions:
+        """The options a request gets for fields it leaves out."""
+        return TranscribeOptions(
+            segment_duration=self.segment_duration,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from environment variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw.strip() != "":
+                values[f.name] = parse_value(f.name, field_type(f.name), raw)
+        return replace(cls(**values), **overrides) if overrides else cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings (handed to the gunicorn worker)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+
+def field_type(name: str) -> type:
+    """The Python type of a settings field."""
+    return type(Settings.__dataclass_fields__[name].default)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(raw: str) -> int:
+    """'4G', '512M', '1048576' -> bytes (binary multiples)."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(f"not a size: {raw!r}")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "_kmgt".index(unit.lower() or "_"))
+
+
+def parse_value(name: str, kind: type, raw: str) -> Any:
+    """Parse one setting from its string form."""
+    if kind is bool:
+        text = raw.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if name == "max_upload_size":
+        return parse_size(raw)
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,22 @@
+"""gunicorn settings: one worker process (the model lives there), many threads.
+
+Never import torch here: this file runs in the master, and CUDA does not survive fork.
+"""
+
+from app.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
+workers = 1
+worker_class = "gthread"
+threads = _settings.threads
+# gthread workers heartbeat from their main loop, so long transcriptions in request threads are not killed.
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+# The app (and the model, later) load in the worker after fork, never in the master.
+preload_app = False

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Start the transcription service under gunicorn (one worker process, threads).
+
+Every flag has an environment variable (ASR_*); flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.errors import ServiceError  # noqa: E402
+from app.settings import Settings, field_type, parse_value  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per Settings field, defaulting to its environment variable."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = f.metadata["env"]
+        help_text = f"{f.metadata['help']} [env {env}]"
+        if field_type(f.name) is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(
+                flag, dest=f.name, metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                default=None, help=help_text,
+            )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, validate the settings, then exec gunicorn with them in the environment."""
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = {
+            name: value if isinstance(value, bool) else parse_value(name, field_type(name), value)
+            for name, value in vars(args).items()
+            if value is not None
+        }
+        settings = Settings.from_env(**overrides)
+    except (ValueError, ServiceError) as exc:
+        sys.exit(f"error: {exc}")
+    # gunicorn runs from the project root, so paths relative to the caller's directory are made absolute.
+    checkpoint = settings.checkpoint_path
+    if os.path.isdir(checkpoint):
+        checkpoint = str(Path(checkpoint).resolve())
+    settings = replace(settings, data_dir=str(settings.data_path), checkpoint_path=checkpoint)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env()}
+    cmd = [
+        sys.executable, "-m", "gunicorn",
+        "--config", str(ROOT / "serve" / "gunicorn_conf.py"),
+        "--chdir", str(ROOT),
+        "app:create_app()",
+    ]  # fmt: skip
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()
