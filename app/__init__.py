@@ -9,6 +9,7 @@ from typing import IO
 
 from flask import Flask, Request
 
+from app.devices import gpu_memory
 from app.errors import register_error_handlers
 from app.services import BackendLoader, build_services
 from app.settings import Settings
@@ -36,6 +37,8 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings.from_env()
+    # Import torch now, in the worker process, so the first /health does not wait seconds for it.
+    gpu_memory()
     services = build_services(settings, loader)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_size

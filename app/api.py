@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
+from app import audio
 from app.devices import gpu_memory
 from app.errors import JobNotFound, MissingFile
 from app.formats import join_text, render_srt, render_text, segments_json
@@ -150,6 +151,8 @@ def transcribe_async() -> tuple[Response, int]:
     audio_path.parent.mkdir(parents=True)
     try:
         with _local_path(file) as path:
+            # Reject what is plainly not audio now, rather than as a failed job later.
+            audio.probe(path)
             _keep(path, audio_path)
         services.jobs.create(job_id, options, audio_path)
     except BaseException:

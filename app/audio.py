@@ -17,6 +17,7 @@ QUIET_SEARCH_SECONDS = 2.0
 FRAME = SAMPLE_RATE // 100
 # A pathological file must not hold a request thread forever.
 DECODE_TIMEOUT_SECONDS = 3600
+PROBE_TIMEOUT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,22 @@ def decode(path: str | Path) -> np.ndarray:
     if not np.isfinite(samples).all():
         samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
     return samples
+
+
+def probe(path: str | Path) -> None:
+    """Cheaply check that the file has an audio stream ffmpeg understands; raise UnsupportedAudio if not."""
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0",
+        "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise UnsupportedAudio("probing the upload took too long") from None
+    if proc.returncode != 0:
+        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
+    if b"audio" not in proc.stdout:
+        raise UnsupportedAudio("not decodable audio: the file has no audio stream")
 
 
 def _ffmpeg_reason(stderr: bytes) -> str:

@@ -62,6 +62,7 @@ class Engine:
         self._device: str | None = None
         self._last_used = clock()
         self._busy = False
+        self._held = 0  # segments the worker has taken off the queue but not finished
         self._loads = 0
         self._thread: threading.Thread | None = None
 
@@ -101,7 +102,7 @@ class Engine:
                 "idle_timeout": self._idle_timeout,
                 "seconds_until_unload": None if left is None else round(left, 1),
                 "loads": self._loads,
-                "pending_segments": self._queue.qsize(),
+                "pending_segments": self._queue.qsize() + self._held,
             }
 
     @property
@@ -125,12 +126,18 @@ class Engine:
                 pending.append(item)
             stop = self._drain(pending)
             batch = self._take_batch(pending)
+            self._hold(len(batch) + len(pending))
             if batch:
                 self._process(batch, pending)
+            self._hold(len(pending))
             if stop:
                 break
         self._fail_all(pending, ModelUnavailable("the service is shutting down"))
         self._unload()
+
+    def _hold(self, count: int) -> None:
+        with self._lock:
+            self._held = count
 
     def _drain(self, pending: deque[_Work]) -> bool:
         """Move everything already queued into pending; True if a stop was requested."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import timedelta
 from typing import Any
 
@@ -10,11 +9,22 @@ import srt
 
 from app.pipeline import Transcript
 
+# Scripts written without spaces between words: CJK symbols and punctuation, kana, Han, fullwidth forms.
+# Hangul is left out on purpose: Korean separates words with spaces.
+_UNSPACED = (
+    (0x3000, 0x30FF),  # CJK symbols and punctuation, hiragana, katakana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF00, 0xFFEF),  # halfwidth and fullwidth forms
+    (0x20000, 0x3FFFF),  # CJK extensions B onwards
+)
+
 
 def _is_cjk(char: str) -> bool:
-    """Characters written without spaces between words (Han, kana, Hangul syllables, CJK punctuation)."""
-    name = unicodedata.name(char, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "FULLWIDTH", "IDEOGRAPHIC"))
+    """Whether char belongs to a script written without spaces between words."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in _UNSPACED)
 
 
 def join_text(parts: list[str]) -> str:

@@ -86,40 +86,54 @@ class TranscribeOptions:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def _in_range(field: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    low_ok = value > low if low_open else value >= low
-    if not (math.isfinite(value) and low_ok and value <= high):
-        bracket = "(" if low_open else "["
-        raise InvalidOption(field, f"must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+# field -> (lowest, highest, whether only integers are allowed); the single source of every range message.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "segment_duration": (MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS, False),
+    "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT, True),
+    "temperature": (0.0, MAX_TEMPERATURE, False),
+    "repetition_penalty": (*REPETITION_PENALTY_RANGE, False),
+}
+
+
+def allowed(field: str) -> str:
+    """The allowed values of a numeric field, in words."""
+    low, high, integer = RANGES[field]
+    return f"{'an integer' if integer else 'a number'} in [{low:g}, {high:g}]"
+
+
+def _in_range(field: str, value: float) -> None:
+    low, high, _ = RANGES[field]
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidOption(field, f"must be {allowed(field)}, got {value!r}")
 
 
 def check_segment_duration(value: float) -> None:
     """1 to 300 seconds: the model's feature extractor silently truncates longer input."""
-    _in_range("segment_duration", value, MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS)
+    _in_range("segment_duration", value)
 
 
 def check_max_new_tokens(value: int) -> None:
     """1 to 32768 tokens."""
-    _in_range("max_new_tokens", value, 1, MAX_NEW_TOKENS_LIMIT)
+    _in_range("max_new_tokens", value)
 
 
 def check_temperature(value: float) -> None:
     """0 (greedy) to 2."""
-    _in_range("temperature", value, 0.0, MAX_TEMPERATURE)
+    _in_range("temperature", value)
 
 
 def check_repetition_penalty(value: float) -> None:
     """0.5 to 3 (1 means no penalty)."""
-    _in_range("repetition_penalty", value, *REPETITION_PENALTY_RANGE)
+    _in_range("repetition_penalty", value)
 
 
 def _parse_float(field: str, raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise InvalidOption(field, f"must be a number, got {raw!r}") from None
+        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}") from None
     if not math.isfinite(value):
-        raise InvalidOption(field, f"must be a finite number, got {raw!r}")
+        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}")
     return value
 
 
@@ -132,7 +146,7 @@ def _parse_int(field: str, raw: str) -> int:
     # Accept "512.0" but not "512.5": clients built from JSON numbers send the former.
     value = _parse_float(field, text)
     if not value.is_integer():
-        raise InvalidOption(field, f"must be an integer, got {raw!r}")
+        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}")
     return int(value)
 
 

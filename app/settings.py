@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -66,8 +67,8 @@ class Settings:
         for name in ("batch_size", "job_workers", "threads", "max_upload_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.idle_timeout < 0:
-            raise ValueError("idle_timeout must be >= 0")
+        if not (math.isfinite(self.idle_timeout) and self.idle_timeout >= 0):
+            raise ValueError(f"idle_timeout must be a finite number >= 0, got {self.idle_timeout}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1-65535, got {self.port}")
 

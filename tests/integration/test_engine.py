@@ -1,0 +1,206 @@
+"""The inference worker on the real tiny checkpoint: lazy load, batching, idle unload and reload, faults."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.backends import Backend, GenerationParams, GenerationRequest
+from app.engine import Engine
+from app.errors import InferenceFailed, ModelUnavailable
+from app.services import real_loader
+from app.settings import Settings
+
+PARAMS = GenerationParams(max_new_tokens=8, temperature=0.0, repetition_penalty=1.1)
+
+
+def request(seconds: float = 2.0, params: GenerationParams = PARAMS) -> GenerationRequest:
+    """A segment of quiet noise."""
+    rng = np.random.default_rng(0)
+    return GenerationRequest((rng.standard_normal(int(seconds * 16000)) * 0.01).astype(np.float32), params)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    """Poll until predicate() is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def tiny_settings(tiny_checkpoint: Path, tmp_path: Path) -> Settings:
+    """Settings pointing at the tiny checkpoint on CPU."""
+    return Settings(checkpoint_path=str(tiny_checkpoint), local_model=True, device="cpu", data_dir=str(tmp_path))
+
+
+class CountingLoader:
+    """Wraps a loader, counting loads and keeping a weak reference to each backend."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.loads = 0
+        self.refs: list[weakref.ref[object]] = []
+
+    def __call__(self) -> Backend:
+        self.loads += 1
+        backend = self.inner()
+        self.refs.append(weakref.ref(backend.model))
+        return backend
+
+
+def test_lazy_load_generate_idle_unload_and_reload(tiny_settings: Settings) -> None:
+    """Nothing loads until work arrives; idle unload drops every reference; the next request reloads."""
+    loader = CountingLoader(real_loader(tiny_settings))
+    engine = Engine(loader, idle_timeout=1.0, batch_size=4)
+    engine.start()
+    try:
+        time.sleep(0.3)
+        assert loader.loads == 0 and engine.status()["state"] == "unloaded"
+
+        texts = [f.result(timeout=60) for f in engine.submit([request(), request(1.0), request(3.0)])]
+        assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+        status = engine.status()
+        assert status["state"] == "loaded" and status["device"] == "cpu" and loader.loads == 1
+        assert 0 < status["seconds_until_unload"] <= 1.0
+
+        assert wait_for(lambda: engine.status()["state"] == "unloaded")
+        gc.collect()
+        assert loader.refs[0]() is None, "the unloaded model is still referenced somewhere"
+
+        assert isinstance(engine.submit([request()])[0].result(timeout=60), str)
+        assert loader.loads == 2 and engine.status()["loads"] == 2
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_idle_timeout_zero_never_unloads(tiny_settings: Settings) -> None:
+    """idle_timeout 0 keeps the model loaded."""
+    engine = Engine(real_loader(tiny_settings), idle_timeout=0, batch_size=2)
+    try:
+        engine.submit([request()])[0].result(timeout=60)
+        time.sleep(1.5)
+        status = engine.status()
+        assert status["state"] == "loaded" and status["seconds_until_unload"] is None
+    finally:
+        engine.stop(timeout=10)
+
+
+class RecordingBackend:
+    """A fake backend for fault injection and batch inspection."""
+
+    device = "cpu"
+
+    def __init__(self, fail_on: int | None = None, gate: threading.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+        self.gate = gate
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append(len(batch))
+        if self.fail_on is not None and len(self.batches) == self.fail_on:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return [f"seg-{len(r.samples)}" for r in batch]
+
+    def close(self) -> None:
+        pass
+
+
+def test_batches_group_segments_across_requests_up_to_batch_size() -> None:
+    """Segments queued while the worker is busy share generate calls, in order, bounded by batch_size."""
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=3)
+    try:
+        first = engine.submit([request(1.0)])
+        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        rest = engine.submit([request(s) for s in (1.5, 2.0, 2.5, 3.0, 3.5)])
+        gate.set()
+        assert first[0].result(timeout=10) == "seg-16000"
+        assert [f.result(timeout=10) for f in rest] == [f"seg-{int(s * 16000)}" for s in (1.5, 2.0, 2.5, 3.0, 3.5)]
+        assert backend.batches == [1, 3, 2]
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_segments_with_different_params_are_not_mixed() -> None:
+    """A batch holds one set of decoding params."""
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=8)
+    other = GenerationParams(max_new_tokens=4, temperature=0.5, repetition_penalty=1.0)
+    try:
+        blocker = engine.submit([request()])
+        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        mixed = engine.submit([request(), request(params=other), request(), request(params=other)])
+        gate.set()
+        blocker[0].result(timeout=10)
+        [f.result(timeout=10) for f in mixed]
+        assert backend.batches == [1, 2, 2]
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_load_failure_reports_error_and_next_request_retries() -> None:
+    """A failed load fails waiting segments with 503 and the reason; the next submission loads again."""
+    attempts = []
+
+    def loader() -> Backend:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("checkpoint not found: /models/missing")
+        return RecordingBackend()
+
+    engine = Engine(loader, idle_timeout=0, batch_size=2)
+    try:
+        futures = engine.submit([request(), request()])
+        for future in futures:
+            with pytest.raises(ModelUnavailable, match="checkpoint not found"):
+                future.result(timeout=10)
+        status = engine.status()
+        assert status["state"] == "error" and "checkpoint not found" in status["error"]
+        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+        assert engine.status()["state"] == "loaded" and len(attempts) == 2
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_backend_exception_fails_that_batch_only() -> None:
+    """A generate error fails its own segments; the worker keeps serving."""
+    backend = RecordingBackend(fail_on=1)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=1)
+    try:
+        with pytest.raises(InferenceFailed, match="device-side assert"):
+            engine.submit([request()])[0].result(timeout=10)
+        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_cancelled_segments_are_skipped() -> None:
+    """Futures cancelled before the worker reaches them never reach the backend."""
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=8)
+    try:
+        blocker = engine.submit([request()])
+        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        doomed = engine.submit([request(), request()])
+        assert all(f.cancel() for f in doomed)
+        gate.set()
+        blocker[0].result(timeout=10)
+        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+        assert backend.batches == [1, 1]
+    finally:
+        engine.stop(timeout=10)

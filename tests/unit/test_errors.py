@@ -1,0 +1,176 @@
+"""app.errors: status per error class and the one JSON error body, through a real Flask app."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask import Flask, abort
+from flask.testing import FlaskClient
+
+from app.errors import (
+    InferenceFailed,
+    InvalidOption,
+    InvalidRequest,
+    JobNotFound,
+    MissingFile,
+    ModelUnavailable,
+    ServiceError,
+    UnsupportedAudio,
+    UploadTooLarge,
+    error_body,
+    register_error_handlers,
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "code"),
+    [
+        (ServiceError, 500, "internal_error"),
+        (InvalidRequest, 400, "invalid_request"),
+        (MissingFile, 400, "missing_file"),
+        (UploadTooLarge, 413, "upload_too_large"),
+        (UnsupportedAudio, 415, "unsupported_audio"),
+        (JobNotFound, 404, "job_not_found"),
+        (ModelUnavailable, 503, "model_unavailable"),
+        (InferenceFailed, 500, "inference_failed"),
+    ],
+)
+def test_status_and_code_per_class(cls: type[ServiceError], status: int, code: str) -> None:
+    """Each ServiceError subclass carries its HTTP status and machine code."""
+    error = cls("something went wrong")
+    assert (error.status, error.code, error.message) == (status, code, "something went wrong")
+    assert str(error) == "something went wrong"
+
+
+def test_invalid_option_names_field() -> None:
+    """InvalidOption is a 400 whose message is prefixed by the field."""
+    error = InvalidOption("temperature", "must be a number in [0, 2], got 3.0")
+    assert (error.status, error.code, error.field) == (400, "invalid_option", "temperature")
+    assert error.message == "temperature: must be a number in [0, 2], got 3.0"
+    assert isinstance(error, InvalidRequest)
+
+
+def test_every_subclass_is_covered() -> None:
+    """No ServiceError subclass is left without a test row above."""
+    seen: set[type] = set()
+    todo = [ServiceError]
+    while todo:
+        cls = todo.pop()
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+    names = {c.__name__ for c in seen}
+    assert names == {
+        "ServiceError",
+        "InvalidRequest",
+        "MissingFile",
+        "InvalidOption",
+        "UploadTooLarge",
+        "UnsupportedAudio",
+        "JobNotFound",
+        "ModelUnavailable",
+        "InferenceFailed",
+    }
+
+
+@pytest.fixture
+def client() -> FlaskClient:
+    """A tiny app with the service's error handlers and routes that raise."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+
+    @app.post("/option")
+    def option() -> str:
+        raise InvalidOption("segment_duration", "must be a number in [1, 300], got 0.0")
+
+    @app.get("/job")
+    def job() -> str:
+        raise JobNotFound("no job with id abc")
+
+    @app.get("/model")
+    def model() -> str:
+        raise ModelUnavailable("model could not be loaded: OSError: no such checkpoint")
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("secret internal detail /srv/app/engine.py")
+
+    @app.get("/abort")
+    def aborted() -> str:
+        abort(400)
+
+    @app.post("/upload")
+    def upload() -> str:
+        from flask import request
+
+        return str(len(request.get_data()))
+
+    register_error_handlers(app)
+    return app.test_client()
+
+
+def test_invalid_option_response(client: FlaskClient) -> None:
+    """A raised InvalidOption is a 400 with the service's JSON error body."""
+    response = client.post("/option")
+    assert response.status_code == 400
+    assert response.is_json
+    assert response.get_json() == {
+        "status": "error",
+        "error": {"code": "invalid_option", "message": "segment_duration: must be a number in [1, 300], got 0.0"},
+    }
+
+
+def test_service_error_statuses(client: FlaskClient) -> None:
+    """Other ServiceErrors keep their own status and code."""
+    response = client.get("/job")
+    assert response.status_code == 404
+    assert response.get_json() == error_body("job_not_found", "no job with id abc")
+    response = client.get("/model")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "model_unavailable"
+
+
+def test_unknown_route_is_json_404(client: FlaskClient) -> None:
+    """Routing misses use the same body, code not_found."""
+    response = client.get("/does-not-exist")
+    assert response.status_code == 404
+    body = response.get_json()
+    assert body["status"] == "error"
+    assert body["error"]["code"] == "not_found"
+    assert body["error"]["message"]
+
+
+def test_wrong_method_is_json_405(client: FlaskClient) -> None:
+    """A wrong method is a JSON 405 with an Allow header."""
+    response = client.get("/option")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+def test_aborted_400_is_json(client: FlaskClient) -> None:
+    """A werkzeug 400 maps to invalid_request."""
+    response = client.get("/abort")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_body_over_limit_is_json_413(client: FlaskClient) -> None:
+    """A body over MAX_CONTENT_LENGTH is a 413 naming the limit."""
+    response = client.post("/upload", data=b"x" * 2000, content_type="application/octet-stream")
+    assert response.status_code == 413
+    assert response.get_json() == error_body("upload_too_large", "upload is larger than the limit of 1000 bytes")
+    assert client.post("/upload", data=b"x" * 10, content_type="application/octet-stream").data == b"10"
+
+
+def test_unexpected_exception_is_opaque_500(client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug gives a generic 500 JSON body; the traceback is logged, never sent."""
+    with caplog.at_level(logging.ERROR, logger="app.errors"):
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == error_body("internal_error", "internal server error")
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    assert "secret internal detail" not in text
+    assert "RuntimeError" not in text
+    assert any(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)
