@@ -51,12 +51,18 @@ def render_srt(transcript: Transcript) -> str:
             index=0,
             start=timedelta(seconds=segment.start),
             end=timedelta(seconds=segment.end),
-            content=segment.text,
+            content=content,
         )
         for segment in transcript.segments
-        if segment.text.strip()
+        if (content := cue_text(segment.text))
     ]
     return str(srt.compose(cues, reindex=True, start_index=1))
+
+
+def cue_text(text: str) -> str:
+    """Text safe inside a subtitle cue: no carriage returns, no blank lines (a blank line ends a cue)."""
+    lines = (line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return "\n".join(line for line in lines if line)
 
 
 def segments_json(transcript: Transcript) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class Pipeline:
             done_count = 0
             not_done = set(futures)
             while not_done:
-                done, not_done = wait(not_done, return_when=FIRST_EXCEPTION)
+                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()  # re-raises the first failure
                 done_count += len(done)

@@ -74,7 +74,7 @@ def test_transcribe_json_every_recording(server: Server, recording: Path) -> Non
     assert len(segments) == 1 and segments[0]["start"] == 0 and segments[0]["end"] == body["duration"]
     assert isinstance(body["transcription"], str) and body["transcription"]
     saved = server.data_dir / "outputs" / body["output_file"]
-    assert saved.read_text(encoding="utf-8") == body["transcription"] + "\n"
+    assert saved.read_bytes().decode("utf-8") == body["transcription"] + "\n"
 
 
 def test_transcribe_text_is_an_attachment_named_after_the_upload(server: Server) -> None:
@@ -86,7 +86,7 @@ def test_transcribe_text_is_an_attachment_named_after_the_upload(server: Server)
     assert response.headers["Content-Type"].startswith("text/plain")
     assert response.headers["Content-Disposition"] == "attachment; filename=meeting.txt"
     saved = server.data_dir / "outputs" / response.headers["X-Output-File"]
-    assert response.text == saved.read_text(encoding="utf-8") and response.text.strip()
+    assert response.text == saved.read_bytes().decode("utf-8") and response.text.strip()
 
 
 def test_short_segments_cover_the_audio_at_quiet_cuts(server: Server) -> None:
@@ -144,7 +144,7 @@ def test_async_job_runs_to_completion(server: Server) -> None:
     assert total >= 3 and status["progress"] == {"segments_done": total, "segments_total": total}
     assert status["completed_at"] and status["segments"][-1]["end"] == pytest.approx(11.0, abs=0.05)
     saved = server.data_dir / "outputs" / status["output_file"]
-    assert saved.read_text(encoding="utf-8") == status["transcription"] + "\n"
+    assert saved.read_bytes().decode("utf-8") == status["transcription"] + "\n"
     assert not any((server.data_dir / "jobs").iterdir()), "job audio left behind"
 
 

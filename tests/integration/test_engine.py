@@ -104,8 +104,10 @@ class RecordingBackend:
         self.batches: list[int] = []
         self.fail_on = fail_on
         self.gate = gate
+        self.entered = threading.Event()
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append(len(batch))
@@ -124,8 +126,9 @@ def test_batches_group_segments_across_requests_up_to_batch_size() -> None:
     engine = Engine(lambda: backend, idle_timeout=0, batch_size=3)
     try:
         first = engine.submit([request(1.0)])
-        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        assert backend.entered.wait(10)
         rest = engine.submit([request(s) for s in (1.5, 2.0, 2.5, 3.0, 3.5)])
+        assert engine.status()["pending_segments"] == 6  # one in the worker's hands, five queued
         gate.set()
         assert first[0].result(timeout=10) == "seg-16000"
         assert [f.result(timeout=10) for f in rest] == [f"seg-{int(s * 16000)}" for s in (1.5, 2.0, 2.5, 3.0, 3.5)]
@@ -142,7 +145,7 @@ def test_segments_with_different_params_are_not_mixed() -> None:
     other = GenerationParams(max_new_tokens=4, temperature=0.5, repetition_penalty=1.0)
     try:
         blocker = engine.submit([request()])
-        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        assert backend.entered.wait(10)
         mixed = engine.submit([request(), request(params=other), request(), request(params=other)])
         gate.set()
         blocker[0].result(timeout=10)
@@ -195,7 +198,7 @@ def test_cancelled_segments_are_skipped() -> None:
     engine = Engine(lambda: backend, idle_timeout=0, batch_size=8)
     try:
         blocker = engine.submit([request()])
-        assert wait_for(lambda: engine.status()["pending_segments"] == 0)
+        assert backend.entered.wait(10)
         doomed = engine.submit([request(), request()])
         assert all(f.cancel() for f in doomed)
         gate.set()

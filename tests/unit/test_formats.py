@@ -105,3 +105,20 @@ def test_segments_json() -> None:
         {"index": 0, "start": 0.0, "end": 2.645, "text": "ask not"},
         {"index": 1, "start": 2.645, "end": 4.84, "text": ""},
     ]
+
+
+def test_srt_cues_never_contain_blank_or_carriage_return_lines() -> None:
+    """Model output with CR and whitespace-only lines still yields one well-formed cue per segment."""
+    transcript = Transcript(
+        segments=[
+            TranscriptSegment(0, 0.0, 2.0, "a\n \nb\r\n\r\nc\rd"),
+            TranscriptSegment(1, 2.0, 4.0, " \r\n "),
+            TranscriptSegment(2, 4.0, 6.0, "e"),
+        ],
+        duration=6.0,
+        language=None,
+        processing_seconds=0.0,
+    )
+    cues = list(srt.parse(render_srt(transcript)))
+    assert [c.content for c in cues] == ["a\nb\nc\nd", "e"]
+    assert [c.start.total_seconds() for c in cues] == [0.0, 4.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +212,11 @@ def test_to_env_round_trip_custom() -> None:
     assert env["ASR_MAX_UPLOAD_SIZE"] == "123456789"
     assert set(env) == {f.metadata["env"] for f in fields(Settings)}
     assert Settings.from_env(env) == settings
+
+
+def test_readme_documents_every_flag_and_environment_variable() -> None:
+    """The configuration table in the README stays in step with Settings."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        assert f"`{flag}`" in readme and f"`{f.metadata['env']}`" in readme, f.name

@@ -1,0 +1,59 @@
+"""The app built by the factory, through Flask's test client, with faults injected at the backend seam."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import AISHELL
+from flask import Flask
+
+from app import create_app
+from app.backends import Backend
+from app.settings import Settings
+
+
+def broken_loader() -> Backend:
+    """A checkpoint that cannot be loaded."""
+    raise OSError("Qwen/Qwen2.5-Omni-7B-AWQ is not in the cache and --local-model forbids downloading it")
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    """An app whose model never loads."""
+    flask_app = create_app(Settings(data_dir=str(tmp_path), device="cpu"), loader=broken_loader)
+    yield flask_app
+    flask_app.extensions["asr"].stop()
+
+
+def test_model_that_cannot_load_gives_503_with_reason(app: Flask) -> None:
+    """503 model_unavailable naming the cause; /health stays up and reports the error."""
+    client = app.test_client()
+    with open(AISHELL, "rb") as f:
+        response = client.post("/transcribe/json", data={"file": (f, "a.wav")})
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "error" and body["error"]["code"] == "model_unavailable"
+    assert "--local-model forbids downloading" in body["error"]["message"]
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["model_loaded"] is False
+    assert health["model"]["state"] == "error" and "not in the cache" in health["model"]["error"]
+    assert not any((Path(app.extensions["asr"].settings.data_dir) / "uploads").iterdir())
+
+
+def test_async_job_fails_with_reason_when_model_cannot_load(app: Flask) -> None:
+    """The job is marked failed with the load error, not lost."""
+    client = app.test_client()
+    with open(AISHELL, "rb") as f:
+        job = client.post("/transcribe/async", data={"file": (f, "a.wav")}).get_json()
+    services = app.extensions["asr"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = client.get(f"/status/{job['job_id']}").get_json()
+        if status["status"] == "failed":
+            break
+        time.sleep(0.05)
+    assert status["status"] == "failed" and "model could not be loaded" in status["error"]
+    assert not any(services.runner.jobs_dir.iterdir())
