@@ -47,7 +47,12 @@ def health() -> Response:
             "gpu_memory_allocated_gb": allocated,
             "gpu_memory_reserved_gb": reserved,
             "timestamp": now_iso(),
-            "model": {**model, "checkpoint": services.settings.checkpoint_path},
+            "model": {
+                **model,
+                # Before the first load, the configured choice (e.g. "auto"); after it, the device in use.
+                "device": model["device"] or services.settings.device,
+                "checkpoint": services.settings.checkpoint_path,
+            },
             "jobs": {"queued": counts["queued"], "running": counts["processing"]},
         }
     )
@@ -76,6 +81,7 @@ def _local_path(file: FileStorage) -> Iterator[Path]:
     name = getattr(file.stream, "name", None)
     if isinstance(name, str) and os.path.isfile(name):
         # Already streamed to a temp file under the data dir by UploadRequest: no second copy.
+        file.stream.flush()
         yield Path(name)
         return
     fd, tmp = tempfile.mkstemp(prefix="upload-", dir=_services().uploads_dir)
