@@ -19,7 +19,7 @@ from app.devices import gpu_memory
 from app.errors import JobNotFound, MissingFile
 from app.formats import join_text, render_srt, render_text, segments_json
 from app.jobs import new_job_id
-from app.options import parse_options
+from app.options import TranscribeOptions, parse_options
 from app.outputs import now_iso, write_output
 from app.pipeline import Transcript
 from app.services import Services
@@ -52,6 +52,8 @@ def health() -> Response:
                 # Before the first load, the configured choice (e.g. "auto"); after it, the device in use.
                 "device": model["device"] or services.settings.device,
                 "checkpoint": services.settings.checkpoint_path,
+                "variant": services.settings.variant,
+                "task": services.settings.model_variant.task,
             },
             "jobs": {"queued": counts["queued"], "running": counts["processing"]},
         }
@@ -75,6 +77,13 @@ def _stem(file: FileStorage) -> str:
     return stem.strip()[:200] or "transcription"
 
 
+def _options(services: Services) -> TranscribeOptions:
+    """The request's options over the server's defaults, checked against what the model accepts."""
+    settings = services.settings
+    accepts_prompt = settings.model_variant.task != "caption"
+    return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
+
+
 @contextmanager
 def _local_path(file: FileStorage) -> Iterator[Path]:
     """A path ffmpeg can read for the upload; temporary copies are removed on every path."""
@@ -96,7 +105,7 @@ def _local_path(file: FileStorage) -> Iterator[Path]:
 def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     """Validate, transcribe the upload, write the output file; returns transcript, text and output name."""
     services = _services()
-    options = parse_options(request.form, services.settings.default_options())
+    options = _options(services)
     with _local_path(file) as path:
         transcript = services.pipeline.transcribe(path, options)
     text = join_text([s.text for s in transcript.segments])
@@ -151,7 +160,7 @@ def transcribe_async() -> tuple[Response, int]:
     """Queue a job; the upload is kept under the data dir until the job ends."""
     services = _services()
     file = _upload()
-    options = parse_options(request.form, services.settings.default_options())
+    options = _options(services)
     job_id = new_job_id()
     audio_path = services.runner.audio_path(job_id)
     audio_path.parent.mkdir(parents=True)

@@ -180,8 +180,13 @@ def parse_prompt(raw: str) -> str | None:
     return text or None
 
 
-def parse_options(form: Mapping[str, str], defaults: TranscribeOptions) -> TranscribeOptions:
-    """Build options from form fields, falling back to the server's defaults for absent or empty fields."""
+def parse_options(
+    form: Mapping[str, str], defaults: TranscribeOptions, *, accepts_prompt: bool = True
+) -> TranscribeOptions:
+    """Build options from form fields, falling back to the server's defaults for absent or empty fields.
+
+    accepts_prompt is False for models that take no text instruction (the Captioner).
+    """
 
     def given(name: str) -> str | None:
         raw = form.get(name)
@@ -199,4 +204,6 @@ def parse_options(form: Mapping[str, str], defaults: TranscribeOptions) -> Trans
         values["language"] = parse_language(raw)
     if (raw := form.get("prompt")) is not None:
         values["prompt"] = parse_prompt(raw)
+        if values["prompt"] and not accepts_prompt:
+            raise InvalidOption("prompt", "this model takes no text prompt (it captions the audio as it is)")
     return TranscribeOptions(**values)

@@ -6,13 +6,13 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from app.options import TranscribeOptions, check_max_new_tokens, check_segment_duration
+from app.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
-DEFAULT_CHECKPOINT = "Qwen/Qwen2.5-Omni-7B-AWQ"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
@@ -30,8 +30,10 @@ def _setting(default: Any, env: str, help: str, **kw: Any) -> Any:
 class Settings:
     """Everything configurable; every field has a CLI flag (--field-name) and an environment variable."""
 
-    # Model: a Hugging Face id or a local directory holding the checkpoint.
-    checkpoint_path: str = _setting(DEFAULT_CHECKPOINT, "ASR_CHECKPOINT_PATH", "model id or local checkpoint dir")
+    # Which model family, task and format to serve (see app/variants.py); it supplies the defaults below.
+    variant: str = _setting(DEFAULT_VARIANT, "ASR_VARIANT", "model variant", choices=tuple(VARIANTS))
+    # Model: a Hugging Face id or a local directory holding the checkpoint; empty means the variant's.
+    checkpoint_path: str = _setting("", "ASR_CHECKPOINT_PATH", "model id or local checkpoint dir [variant's]")
     # No network: the checkpoint must be a local directory or already in the Hugging Face cache.
     local_model: bool = _setting(False, "ASR_LOCAL_MODEL", "never download; use a local dir or the HF cache")
     # auto picks CUDA, then Apple MPS, then CPU (with a warning).
@@ -42,8 +44,10 @@ class Settings:
     idle_timeout: float = _setting(300.0, "ASR_IDLE_TIMEOUT", "seconds idle before unloading the model (0 = never)")
     # Job database, uploads in flight, outputs. Never inside the code tree.
     data_dir: str = _setting(_default_data_dir(), "ASR_DATA_DIR", "directory for jobs, uploads and outputs")
-    # Defaults of the per-request options (each request may override them).
-    segment_duration: float = _setting(60.0, "ASR_SEGMENT_DURATION", "default segment length in seconds (1-300)")
+    # Keep what is idle off the GPU: the vision tower (never used for audio) stays in CPU memory.
+    low_vram: bool = _setting(False, "ASR_LOW_VRAM", "keep idle parts of the model (vision tower) off the GPU")
+    # Defaults of the per-request options (each request may override them); segment 0 means the variant's.
+    segment_duration: float = _setting(0.0, "ASR_SEGMENT_DURATION", "default segment seconds (1-300) [variant's]")
     max_new_tokens: int = _setting(8192, "ASR_MAX_NEW_TOKENS", "default max new tokens per segment")
     temperature: float = _setting(0.1, "ASR_TEMPERATURE", "default sampling temperature (0 = greedy)")
     repetition_penalty: float = _setting(1.1, "ASR_REPETITION_PENALTY", "default repetition penalty")
@@ -59,6 +63,14 @@ class Settings:
     threads: int = _setting(16, "ASR_THREADS", "request threads")
 
     def __post_init__(self) -> None:
+        variant = get_variant(self.variant)
+        # Unset model fields take the variant's defaults (frozen dataclass: set them once, here).
+        if not self.checkpoint_path:
+            object.__setattr__(self, "checkpoint_path", variant.checkpoint)
+        if not self.segment_duration:
+            object.__setattr__(self, "segment_duration", variant.segment_duration)
+        if self.device == "auto":
+            object.__setattr__(self, "device", variant.device)
         check_segment_duration(self.segment_duration)
         check_max_new_tokens(self.max_new_tokens)
         self.default_options()  # validates temperature and repetition_penalty the same way requests are
@@ -71,6 +83,11 @@ class Settings:
             raise ValueError(f"idle_timeout must be a finite number >= 0, got {self.idle_timeout}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1-65535, got {self.port}")
+
+    @property
+    def model_variant(self) -> Variant:
+        """The Variant this service runs."""
+        return get_variant(self.variant)
 
     @property
     def data_path(self) -> Path:
@@ -95,7 +112,8 @@ class Settings:
             raw = env.get(f.metadata["env"])
             if raw is not None and raw.strip() != "":
                 values[f.name] = parse_value(f.name, field_type(f.name), raw)
-        return replace(cls(**values), **overrides) if overrides else cls(**values)
+        # One construction, so variant defaults fill only what neither the environment nor overrides set.
+        return cls(**{**values, **overrides})
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (handed to the gunicorn worker)."""

@@ -1,47 +1,81 @@
 #!/usr/bin/env python3
-"""Write a tiny random-weight Qwen2.5-Omni checkpoint (a few hundred KB) laid out like the official one.
+"""Write a tiny random-weight Qwen-Omni checkpoint (under a megabyte) laid out like the official ones.
 
-config.json is a full `qwen2_5_omni` config with a tiny thinker, the weights carry the official `thinker.`
-prefix, and the processor files (tokenizer with the Qwen special tokens and a chat template, Whisper
-feature extractor with the official 300 s window, image and video processors) sit beside them. The service
-loads it through exactly the code that loads Qwen/Qwen2.5-Omni-7B. Its transcripts are gibberish.
+config.json is a full `qwen2_5_omni` or `qwen3_omni_moe` config with a tiny thinker, the weights carry
+the official `thinker.` prefix and layout (per-expert MoE weights for Qwen3-Omni), and the processor files
+(tokenizer with the family's special tokens and a chat template, Whisper feature extractor, image and video
+processors) sit beside them. The service loads it through exactly the code that loads the released
+checkpoints. Its transcripts are gibberish.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# Special tokens the Qwen2.5-Omni tokenizer defines and its processor looks up by attribute.
-NAMED_TOKENS = {
-    "audio_token": "<|AUDIO|>",
-    "audio_bos_token": "<|audio_bos|>",
-    "audio_eos_token": "<|audio_eos|>",
-    "image_token": "<|IMAGE|>",
-    "video_token": "<|VIDEO|>",
-    "vision_bos_token": "<|vision_bos|>",
-    "vision_eos_token": "<|vision_eos|>",
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the two Qwen-Omni generations at the checkpoint level."""
+
+    # Processor attribute -> token text, as each family's tokenizer_config names them.
+    named_tokens: dict[str, str]
+    processor_class: str
+    thinker_config_class: str
+    thinker_class: str
+    config_class: str
+
+
+FAMILIES = {
+    "qwen2.5-omni": Family(
+        named_tokens={
+            "audio_token": "<|AUDIO|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+            "image_token": "<|IMAGE|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+        },
+        processor_class="Qwen2_5OmniProcessor",
+        thinker_config_class="Qwen2_5OmniThinkerConfig",
+        thinker_class="Qwen2_5OmniThinkerForConditionalGeneration",
+        config_class="Qwen2_5OmniConfig",
+    ),
+    "qwen3-omni": Family(
+        named_tokens={
+            "audio_token": "<|audio_pad|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+        processor_class="Qwen3OmniMoeProcessor",
+        thinker_config_class="Qwen3OmniMoeThinkerConfig",
+        thinker_class="Qwen3OmniMoeThinkerForConditionalGeneration",
+        config_class="Qwen3OmniMoeConfig",
+    ),
 }
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *NAMED_TOKENS.values()]
 
-# The official template's shape: content parts of type audio/image/video become their placeholder tokens.
+# The official templates' shape: content parts of type audio/image/video become their placeholder tokens.
 CHAT_TEMPLATE = """\
 {%- for message in messages -%}
-{%- if loop.first and message['role'] != 'system' -%}
-<|im_start|>system
-You are a helpful assistant.<|im_end|>
-{% endif -%}
 <|im_start|>{{ message['role'] }}
 {% if message['content'] is string -%}
 {{ message['content'] }}<|im_end|>
 {% else -%}
 {%- for content in message['content'] -%}
 {%- if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content -%}
-<|audio_bos|><|AUDIO|><|audio_eos|>
+AUDIO_BOS AUDIO AUDIO_EOS
 {%- elif content['type'] == 'image' or 'image' in content or 'image_url' in content -%}
-<|vision_bos|><|IMAGE|><|vision_eos|>
+VISION_BOS IMAGE VISION_EOS
 {%- elif content['type'] == 'video' or 'video' in content -%}
-<|vision_bos|><|VIDEO|><|vision_eos|>
+VISION_BOS VIDEO VISION_EOS
 {%- elif 'text' in content -%}
 {{ content['text'] }}
 {%- endif -%}
@@ -62,8 +96,20 @@ CORPUS = [
 ]
 
 
-def build_tokenizer():  # type: ignore[no-untyped-def]
-    """A byte-level BPE tokenizer with the Qwen special tokens."""
+def chat_template(family: Family) -> str:
+    """The template with this family's placeholder tokens."""
+    t = family.named_tokens
+    return (
+        CHAT_TEMPLATE.replace(
+            "AUDIO_BOS AUDIO AUDIO_EOS", t["audio_bos_token"] + t["audio_token"] + t["audio_eos_token"]
+        )
+        .replace("VISION_BOS IMAGE VISION_EOS", t["vision_bos_token"] + t["image_token"] + t["vision_eos_token"])
+        .replace("VISION_BOS VIDEO VISION_EOS", t["vision_bos_token"] + t["video_token"] + t["vision_eos_token"])
+    )
+
+
+def build_tokenizer(family: Family) -> Any:
+    """A byte-level BPE tokenizer with the family's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
@@ -72,7 +118,7 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", *family.named_tokens.values()],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -83,122 +129,132 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
         pad_token="<|endoftext|>",
         unk_token=None,
         bos_token=None,
-        extra_special_tokens=NAMED_TOKENS,
+        extra_special_tokens=family.named_tokens,
     )
 
 
-def build(out_dir: Path, seed: int = 0) -> None:
+def thinker_config(name: str, ids: dict[str, int], vocab_size: int) -> dict[str, Any]:
+    """A tiny thinker config: 2 text layers of width 32 (4 experts for the MoE), 2 audio layers, 1 vision block."""
+    head_dim = 8
+    text: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": 4 * head_dim,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        # mrope_section splits head_dim / 2 rotary frequencies over (time, height, width).
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 1, 1]},
+        "eos_token_id": ids["eos"],
+        "pad_token_id": ids["pad"],
+    }
+    audio: dict[str, Any] = {
+        "num_mel_bins": 128,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "d_model": 32,
+        "output_dim": 4 * head_dim,
+    }
+    vision: dict[str, Any] = {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "out_hidden_size": 32,
+    }
+    tokens = {
+        "audio_token_index" if name == "qwen2.5-omni" else "audio_token_id": ids["audio_token"],
+        "image_token_index" if name == "qwen2.5-omni" else "image_token_id": ids["image_token"],
+        "video_token_index" if name == "qwen2.5-omni" else "video_token_id": ids["video_token"],
+        "audio_start_token_id": ids["audio_bos_token"],
+        "audio_end_token_id": ids["audio_eos_token"],
+        "vision_start_token_id": ids["vision_bos_token"],
+        "vision_end_token_id": ids["vision_eos_token"],
+        "user_token_id": ids["user"],
+    }
+    if name == "qwen2.5-omni":
+        text["tie_word_embeddings"] = False
+        vision["fullatt_block_indexes"] = [0]
+    else:
+        text.update(head_dim=head_dim, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+        text["rope_parameters"]["mrope_interleaved"] = True
+        audio["downsample_hidden_size"] = 16
+        vision.update(deepstack_visual_indexes=[0], num_position_embeddings=64)
+    return {"text_config": text, "audio_config": audio, "vision_config": vision, **tokens}
+
+
+def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0) -> None:
     """Write the checkpoint into out_dir."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import (
-        Qwen2_5OmniConfig,
-        Qwen2_5OmniProcessor,
-        Qwen2_5OmniThinkerConfig,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        WhisperFeatureExtractor,
-    )
+    import transformers
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2VLImageProcessor, WhisperFeatureExtractor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+    family = FAMILIES[family_name]
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    tokenizer = build_tokenizer(family)
+    ids = {attr: tokenizer.convert_tokens_to_ids(token) for attr, token in family.named_tokens.items()}
+    ids.update(
+        eos=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        user=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+    )
     # The official feature extractor: 128 mel bins, 30 000 frames (300 s) of padding and truncation.
     features = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400, return_attention_mask=True
     )
-    processor = Qwen2_5OmniProcessor(
+    processor = getattr(transformers, family.processor_class)(
         image_processor=Qwen2VLImageProcessor(),
         video_processor=Qwen2VLVideoProcessor(),
         feature_extractor=features,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(family),
     )
     processor.save_pretrained(out_dir)
 
-    head_dim = 8
-    thinker = Qwen2_5OmniThinkerConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 4 * head_dim,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            # mrope_section splits head_dim / 2 rotary frequencies over (time, height, width).
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 1, 1]},
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": False,
-        },
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": 2,
-            "encoder_attention_heads": 4,
-            "encoder_ffn_dim": 64,
-            "d_model": 32,
-            "output_dim": 4 * head_dim,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 4,
-            "out_hidden_size": 4 * head_dim,
-            "fullatt_block_indexes": [0],
-        },
-        audio_token_index=ids["<|AUDIO|>"],
-        image_token_index=ids["<|IMAGE|>"],
-        video_token_index=ids["<|VIDEO|>"],
-        audio_start_token_id=ids["<|audio_bos|>"],
-        audio_end_token_id=ids["<|audio_eos|>"],
-        vision_start_token_id=ids["<|vision_bos|>"],
-        vision_end_token_id=ids["<|vision_eos|>"],
-        user_token_id=ids["<|im_start|>"],
-    )
+    thinker = getattr(transformers, family.thinker_config_class)(**thinker_config(family_name, ids, len(tokenizer)))
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(thinker)
-    # The talker is never loaded (text output only); its config just points at tokens this vocabulary has.
-    talker = {
-        key: ids["<|endoftext|>"]
-        for key in ("tts_text_start_token_id", "tts_text_end_token_id", "tts_text_pad_token_id")
-    }
-    talker.update(
-        vision_start_token_id=ids["<|vision_bos|>"],
-        vision_end_token_id=ids["<|vision_eos|>"],
-        audio_start_token_id=ids["<|audio_bos|>"],
-        audio_end_token_id=ids["<|audio_eos|>"],
+    model = getattr(transformers, family.thinker_class)(thinker)
+    config = getattr(transformers, family.config_class)(
+        thinker_config=thinker.to_dict(), talker_config=talker_config(family_name, ids), enable_audio_output=False
     )
-    config = Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), talker_config=talker, enable_audio_output=False)
     config.save_pretrained(out_dir)
-    # The official checkpoint's layout: thinker.model.* (language model), thinker.audio_tower.*,
-    # thinker.visual.*, thinker.lm_head.*. Loading it exercises transformers' conversion mapping.
-    state = {f"thinker.{_legacy_name(k)}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    # save_pretrained writes the released layout (transformers reverses its own load-time renames, and
+    # unfuses MoE experts); the released checkpoints then put the thinker under "thinker.".
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        state = load_file(str(Path(tmp) / "model.safetensors"))
+    save_file(
+        {f"thinker.{k}": v for k, v in state.items()}, str(out_dir / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
-def _legacy_name(name: str) -> str:
-    """Map a transformers 5 thinker parameter name to the released checkpoint's name."""
-    for new, old in (
-        ("model.audio_tower.", "audio_tower."),
-        ("model.visual.", "visual."),
-        ("model.language_model.", "model."),
-    ):
-        if name.startswith(new):
-            return old + name[len(new) :]
-    return name
+def talker_config(family_name: str, ids: dict[str, int]) -> dict[str, Any]:
+    """The talker is never loaded (text output only); its config just points at tokens this vocabulary has."""
+    if family_name != "qwen2.5-omni":
+        return {}
+    talker = dict.fromkeys(("tts_text_start_token_id", "tts_text_end_token_id", "tts_text_pad_token_id"), ids["pad"])
+    talker.update(
+        vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"],
+    )
+    return talker
 
 
 def main() -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2.5-omni", help="model family")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights")
     args = parser.parse_args()
-    build(args.out_dir, args.seed)
+    build(args.out_dir, args.family, args.seed)
     size = sum(p.stat().st_size for p in args.out_dir.iterdir() if p.is_file())
-    print(f"wrote a tiny Qwen2.5-Omni checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
+    print(f"wrote a tiny {args.family} checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":

@@ -1,98 +1,25 @@
-"""Shared fixtures: paths, the tiny checkpoint, recordings, and a real server started through the CLI."""
+"""Shared fixtures: tiny checkpoints of each family and one real server started through the CLI."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-AUDIO = ROOT.parent / "shared" / "audio"
-JFK = AUDIO / "jfk.flac"
-LIBRISPEECH = AUDIO / "librispeech_1995-1837-0001.wav"
-AISHELL = AUDIO / "aishell_BAC009S0724W0121.wav"
-RECORDINGS = [JFK, LIBRISPEECH, AISHELL]
+from tests.support import Server, build_tiny
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight Qwen2.5-Omni checkpoint built by the project's own tool."""
-    out = tmp_path_factory.mktemp("tiny-checkpoint")
-    subprocess.run([sys.executable, str(ROOT / "serve" / "make_tiny_checkpoint.py"), str(out)], check=True)
-    return out
+    """A random-weight Qwen2.5-Omni checkpoint."""
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen2.5-omni"), "qwen2.5-omni")
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A service started through serve/qwen2_5_omni_awq.py on a loopback port."""
-
-    checkpoint: Path
-    data_dir: Path
-    args: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120) -> Server:
-        """Start and wait until /health answers."""
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        cmd = [
-            sys.executable, str(ROOT / "serve" / "qwen2_5_omni_awq.py"),
-            "--checkpoint-path", str(self.checkpoint), "--local-model",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), *self.args,
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not come up:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the whole process group (gunicorn master and worker) and wait."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        """What the server printed."""
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+@pytest.fixture(scope="session")
+def tiny_qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen3-Omni (MoE) checkpoint."""
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen3-omni"), "qwen3-omni")
 
 
 @pytest.fixture(scope="session")

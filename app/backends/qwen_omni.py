@@ -1,4 +1,4 @@
-"""Qwen2.5-Omni through transformers: the thinker alone (text out), fed audio through the upstream processor."""
+"""Qwen-Omni (2.5 and 3) through transformers: the thinker alone (text out), fed by the upstream processor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from app.backends import GenerationRequest
 from app.devices import resolve_device
 from app.options import LANGUAGES
 from app.settings import Settings
+from app.variants import Task
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ def instruction_for(language: str | None, prompt: str | None) -> str:
     return DEFAULT_INSTRUCTION
 
 
-def conversation(language: str | None, prompt: str | None) -> list[dict[str, Any]]:
+def conversation(task: Task, language: str | None, prompt: str | None) -> list[dict[str, Any]]:
     """The chat messages for one segment; the audio itself goes to the processor separately."""
+    if task == "caption":
+        # The Captioner takes no text at all: the audio alone is the whole user turn.
+        return [{"role": "user", "content": [{"type": "audio"}]}]
     return [
         {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
         {
@@ -43,12 +47,13 @@ def conversation(language: str | None, prompt: str | None) -> list[dict[str, Any
 
 
 class QwenOmniBackend:
-    """A loaded Qwen2.5-Omni thinker and its processor."""
+    """A loaded Qwen-Omni thinker and its processor."""
 
-    def __init__(self, model: Any, processor: Any, device: str) -> None:
+    def __init__(self, model: Any, processor: Any, device: str, task: Task = "transcribe") -> None:
         self.model = model
         self.processor = processor
         self.device = device
+        self.task = task
         tokenizer = processor.tokenizer
         ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self._eos = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
@@ -58,8 +63,12 @@ class QwenOmniBackend:
     def load(cls, settings: Settings) -> QwenOmniBackend:
         """Load processor and thinker weights onto the configured device."""
         import torch
-        from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+        import transformers
+        from transformers import AutoProcessor
         from transformers.utils.import_utils import is_flash_attn_2_available
+
+        variant = settings.model_variant
+        thinker_class = getattr(transformers, variant.thinker_class)
 
         device = resolve_device(settings.device)
         attn = "sdpa"
@@ -74,9 +83,9 @@ class QwenOmniBackend:
         processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
             settings.checkpoint_path, local_files_only=local
         )
-        # The full Qwen2.5-Omni checkpoint stores the thinker under "thinker."; transformers' conversion
-        # mapping strips that prefix and its ThinkerConfig picks thinker_config, so the talker is never loaded.
-        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+        # Full Qwen-Omni checkpoints store the thinker under "thinker."; transformers' conversion mapping
+        # strips that prefix and the thinker config class picks thinker_config, so the talker is never loaded.
+        model = thinker_class.from_pretrained(
             settings.checkpoint_path,
             dtype=dtype,
             attn_implementation=attn,
@@ -84,10 +93,14 @@ class QwenOmniBackend:
             local_files_only=local,
         )
         if device != "cuda":
-            model = model.to(device)  # type: ignore[arg-type]
-        model.eval()  # type: ignore[no-untyped-call]
-        log.info("loaded %s on %s (%s, %s)", settings.checkpoint_path, device, model.dtype, attn)
-        return cls(model, processor, device)
+            model = model.to(device)
+        elif settings.low_vram and getattr(model.model, "visual", None) is not None:
+            # Audio never reaches the vision tower: keep its weights in CPU memory, not VRAM.
+            model.model.visual.to("cpu")
+            torch.cuda.empty_cache()
+        model.eval()
+        log.info("loaded %s (%s) on %s (%s, %s)", settings.checkpoint_path, variant.name, device, model.dtype, attn)
+        return cls(model, processor, device, variant.task)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
         """Transcribe a batch of segments in one generate call (left padding)."""
@@ -96,7 +109,7 @@ class QwenOmniBackend:
         params = batch[0].params
         texts = [
             self.processor.apply_chat_template(
-                conversation(r.language, r.prompt), add_generation_prompt=True, tokenize=False
+                conversation(self.task, r.language, r.prompt), add_generation_prompt=True, tokenize=False
             )
             for r in batch
         ]

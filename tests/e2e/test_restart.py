@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AISHELL, JFK, Server
-from test_service import assert_error, make_audio, post
+
+from tests.support import AISHELL, JFK, Server, assert_error, make_audio, post
 
 pytestmark = pytest.mark.e2e
 

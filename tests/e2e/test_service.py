@@ -14,38 +14,13 @@ import opencc
 import pytest
 import requests
 import srt
-from conftest import AISHELL, JFK, LIBRISPEECH, RECORDINGS, Server
+
+from tests.support import AISHELL, JFK, LIBRISPEECH, RECORDINGS, Server, assert_error, make_audio, post
 
 pytestmark = pytest.mark.e2e
 
 DURATIONS = {JFK: 11.0, LIBRISPEECH: 8.73, AISHELL: 4.33}
 FAST = {"max_new_tokens": "48"}  # random weights rarely stop on their own; keep generations short
-
-
-def post(server: Server, route: str, path: Path, **fields: str) -> requests.Response:
-    """POST a recording as the multipart field 'file' plus form fields."""
-    with open(path, "rb") as f:
-        return requests.post(server.url + route, files={"file": (path.name, f)}, data=fields, timeout=300)
-
-
-def make_audio(tmp_path: Path, seconds: float, name: str = "long.wav") -> Path:
-    """A longer recording made from jfk.flac with ffmpeg."""
-    out = tmp_path / name
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-stream_loop", "-1", "-i", str(JFK), "-t", str(seconds), str(out)],
-        check=True,
-    )
-    return out
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> str:
-    """The one JSON error body with the given status and code; returns the message."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["status"] == "error" and body["error"]["code"] == code
-    assert "Traceback" not in response.text
-    return str(body["error"]["message"])
 
 
 def test_health_contract(server: Server) -> None:

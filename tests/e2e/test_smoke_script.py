@@ -6,7 +6,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import AISHELL, ROOT, Server, free_port
+
+from tests.support import AISHELL, ROOT, Server, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AISHELL
 from flask import Flask
 
 from app import create_app
 from app.backends import Backend
 from app.settings import Settings
+from tests.support import AISHELL
 
 
 def broken_loader() -> Backend:

@@ -9,7 +9,8 @@ import pytest
 
 from app.errors import InvalidOption
 from app.options import TranscribeOptions
-from app.settings import DEFAULT_CHECKPOINT, Settings, parse_size
+from app.settings import Settings, parse_size
+from app.variants import VARIANTS
 
 GiB = 1024**3
 
@@ -26,7 +27,7 @@ def test_every_field_has_an_asr_env_var_and_help() -> None:
 def test_defaults_from_empty_environment(tmp_path) -> None:
     """No ASR_* variables gives the documented defaults."""
     settings = Settings.from_env({"ASR_DATA_DIR": str(tmp_path)})
-    assert settings.checkpoint_path == DEFAULT_CHECKPOINT
+    assert settings.checkpoint_path == VARIANTS["awq"].checkpoint
     assert settings.device == "auto"
     assert settings.local_model is False
     assert settings.segment_duration == 60.0
@@ -157,7 +158,7 @@ def test_invalid_values_raise_value_error(env: dict[str, str], match: str) -> No
 @pytest.mark.parametrize(
     ("env", "field"),
     [
-        ({"ASR_SEGMENT_DURATION": "0"}, "segment_duration"),
+        ({"ASR_SEGMENT_DURATION": "0.5"}, "segment_duration"),
         ({"ASR_SEGMENT_DURATION": "301"}, "segment_duration"),
         ({"ASR_SEGMENT_DURATION": "inf"}, "segment_duration"),
         ({"ASR_MAX_NEW_TOKENS": "0"}, "max_new_tokens"),
@@ -220,3 +221,35 @@ def test_readme_documents_every_flag_and_environment_variable() -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         assert f"`{flag}`" in readme and f"`{f.metadata['env']}`" in readme, f.name
+
+
+@pytest.mark.parametrize(
+    ("variant", "checkpoint", "segment", "device"),
+    [
+        ("awq", "Qwen/Qwen2.5-Omni-7B-AWQ", 60.0, "auto"),
+        ("full", "Qwen/Qwen2.5-Omni-7B", 60.0, "auto"),
+        ("captioner", "Qwen/Qwen3-Omni-30B-A3B-Captioner", 30.0, "auto"),
+        ("cpu", "Qwen/Qwen2.5-Omni-3B", 60.0, "cpu"),
+    ],
+)
+def test_variant_supplies_unset_defaults(variant: str, checkpoint: str, segment: float, device: str) -> None:
+    """Checkpoint, segment length (0 = unset) and device come from the variant unless given."""
+    settings = Settings.from_env({"ASR_VARIANT": variant, "ASR_SEGMENT_DURATION": "0"})
+    assert (settings.checkpoint_path, settings.segment_duration, settings.device) == (checkpoint, segment, device)
+    given = Settings.from_env(
+        {"ASR_VARIANT": variant, "ASR_CHECKPOINT_PATH": "/models/x", "ASR_SEGMENT_DURATION": "12", "ASR_DEVICE": "cuda"}
+    )
+    assert (given.checkpoint_path, given.segment_duration, given.device) == ("/models/x", 12.0, "cuda")
+    assert given.model_variant.name == variant
+
+
+def test_unknown_variant_is_rejected() -> None:
+    """The error lists the known variants."""
+    with pytest.raises(ValueError, match="captioner-awq"):
+        Settings.from_env({"ASR_VARIANT": "whisper"})
+
+
+def test_variant_override_gets_its_own_defaults() -> None:
+    """A variant given as an override (the CLI's --variant) still supplies checkpoint and segment length."""
+    settings = Settings.from_env({}, variant="captioner")
+    assert settings.checkpoint_path == VARIANTS["captioner"].checkpoint and settings.segment_duration == 30.0

@@ -1,0 +1,59 @@
+"""Every model family and task the registry offers, loaded from a tiny checkpoint and served through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+import srt
+
+from tests.support import JFK, Server, assert_error, make_audio, post
+
+pytestmark = pytest.mark.e2e
+
+FAST = {"max_new_tokens": "24"}
+
+
+@pytest.mark.parametrize(
+    ("variant", "family", "task", "segment"),
+    [
+        ("full", "qwen2.5-omni", "transcribe", 60.0),
+        ("captioner", "qwen3-omni", "caption", 30.0),
+        ("instruct-awq", "qwen3-omni", "transcribe", 60.0),
+    ],
+)
+def test_variant_serves_end_to_end(
+    variant: str,
+    family: str,
+    task: str,
+    segment: float,
+    tiny_checkpoint: Path,
+    tiny_qwen3_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    """The variant's thinker class loads its family's checkpoint; health names variant and task."""
+    checkpoint = tiny_checkpoint if family == "qwen2.5-omni" else tiny_qwen3_checkpoint
+    server = Server(checkpoint, tmp_path / "data", ["--variant", variant, "--device", "cpu"]).start()
+    try:
+        body = post(server, "/transcribe/json", JFK, **FAST).json()
+        assert body["status"] == "success", body
+        assert len(body["segments"]) == 1 and body["duration"] == pytest.approx(11.0, abs=0.05)
+        health = requests.get(server.url + "/health", timeout=5).json()["model"]
+        assert (health["variant"], health["task"], health["state"]) == (variant, task, "loaded")
+        assert health["device"] == "cpu" and health["checkpoint"] == str(checkpoint)
+
+        # Segments default to the variant's length: 30 s for the Captioner, so a 40 s file splits in two.
+        long = make_audio(tmp_path, 40)
+        cues = list(srt.parse(post(server, "/transcribe/srt", long, **FAST).text))
+        segments = post(server, "/transcribe/json", long, **FAST).json()["segments"]
+        assert max(s["end"] - s["start"] for s in segments) <= segment
+        assert len(segments) == (2 if segment == 30.0 else 1) and 1 <= len(cues) <= len(segments)
+
+        prompt = post(server, "/transcribe/json", JFK, prompt="List the speakers.", **FAST)
+        if task == "caption":
+            assert "takes no text prompt" in assert_error(prompt, 400, "invalid_option")
+        else:
+            assert prompt.status_code == 200
+    finally:
+        server.stop()
