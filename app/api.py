@@ -17,10 +17,10 @@ from werkzeug.datastructures import FileStorage
 from app import audio
 from app.devices import gpu_memory
 from app.errors import JobNotFound, MissingFile
-from app.formats import join_text, render_srt, render_text, segments_json
+from app.formats import render_srt, render_text, segments_json
 from app.jobs import new_job_id
 from app.options import TranscribeOptions, parse_options
-from app.outputs import now_iso, write_output
+from app.outputs import now_iso, save_transcript
 from app.pipeline import Transcript
 from app.services import Services
 
@@ -108,8 +108,7 @@ def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     options = _options(services)
     with _local_path(file) as path:
         transcript = services.pipeline.transcribe(path, options)
-    text = join_text([s.text for s in transcript.segments])
-    output_file = write_output(services.outputs_dir, text + "\n")
+    text, output_file = save_transcript(services.outputs_dir, transcript)
     return transcript, text, output_file
 
 

@@ -39,9 +39,14 @@ def join_text(parts: list[str]) -> str:
     return out
 
 
+def transcript_text(transcript: Transcript) -> str:
+    """The whole transcript as one string."""
+    return join_text([s.text for s in transcript.segments])
+
+
 def render_text(transcript: Transcript) -> str:
     """The whole transcript as plain text, newline-terminated."""
-    return join_text([s.text for s in transcript.segments]) + "\n"
+    return transcript_text(transcript) + "\n"
 
 
 def render_srt(transcript: Transcript) -> str:

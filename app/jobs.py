@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError
-from app.formats import join_text, segments_json
+from app.formats import segments_json
 from app.options import TranscribeOptions
-from app.outputs import now_iso, write_output
+from app.outputs import now_iso, save_transcript
 from app.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -249,8 +249,7 @@ class JobRunner:
                 job.options,
                 on_progress=lambda done, total: self.store.set_progress(job.id, done, total),
             )
-            text = join_text([s.text for s in transcript.segments])
-            output_file = write_output(self.outputs_dir, text + "\n")
+            text, output_file = save_transcript(self.outputs_dir, transcript)
             result = {
                 "transcription": text,
                 "duration": transcript.duration,

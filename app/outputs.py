@@ -6,6 +6,9 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.formats import transcript_text
+from app.pipeline import Transcript
+
 
 def now_iso() -> str:
     """The current UTC time in ISO 8601."""
@@ -31,3 +34,9 @@ def write_output(directory: Path, text: str) -> str:
         os.replace(tmp, directory / name)
         return name
     raise RuntimeError("no free output file name")
+
+
+def save_transcript(directory: Path, transcript: Transcript) -> tuple[str, str]:
+    """Write a finished transcription's text to the outputs; returns (text, output file name)."""
+    text = transcript_text(transcript)
+    return text, write_output(directory, text + "\n")
