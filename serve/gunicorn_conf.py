@@ -3,6 +3,8 @@
 Never import torch here: this file runs in the master, and CUDA does not survive fork.
 """
 
+import os
+
 from app.settings import Settings
 
 _settings = Settings.from_env()
@@ -20,3 +22,7 @@ errorlog = "-"
 loglevel = "info"
 # The app (and the model, later) load in the worker after fork, never in the master.
 preload_app = False
+# Nothing here uses gunicorn's control socket; it would be written under $HOME, which may be read-only.
+control_socket_disable = True
+# The worker heartbeat file: memory-backed where available, so a read-only root filesystem works.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -11,6 +11,8 @@ checkpoints. Its transcripts are gibberish.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +186,7 @@ def thinker_config(name: str, ids: dict[str, int], vocab_size: int) -> dict[str,
     return {"text_config": text, "audio_config": audio, "vision_config": vision, **tokens}
 
 
-def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0) -> None:
+def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0, quantization: str = "none") -> None:
     """Write the checkpoint into out_dir."""
     import torch
     import transformers
@@ -226,9 +228,105 @@ def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0) -> No
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         state = load_file(str(Path(tmp) / "model.safetensors"))
-    save_file(
-        {f"thinker.{k}": v for k, v in state.items()}, str(out_dir / "model.safetensors"), metadata={"format": "pt"}
-    )
+    prefixed = {f"thinker.{k}": v for k, v in state.items()}
+    if quantization != "none":
+        prefixed, quant = QUANTIZERS[quantization](prefixed)
+        # Both AutoAWQ and llm-compressor write the quantization config on the full model's config.
+        data = json.loads((out_dir / "config.json").read_text())
+        data["quantization_config"] = quant
+        (out_dir / "config.json").write_text(json.dumps(data, indent=2))
+    save_file(prefixed, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+# The text decoder's Linear layers, the only ones AutoAWQ quantizes in Qwen2.5-Omni (towers stay fp16).
+AWQ_TARGET = re.compile(r"^thinker\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
+# AutoAWQ GEMM packs eight 4-bit values per int32 in this interleaved order.
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+AWQ_GROUP = 32
+
+
+def awq_quantize(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pack the decoder's Linear weights as AutoAWQ GEMM does (qweight, qzeros, scales); the rest in fp16."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, weight in state.items():
+        if not AWQ_TARGET.match(key):
+            out[key] = weight.half() if weight.is_floating_point() else weight
+            continue
+        rows, cols = weight.shape  # out_features, in_features
+        groups = weight.float().reshape(rows, cols // AWQ_GROUP, AWQ_GROUP)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scales = ((high - low).clamp(min=1e-5) / 15).half()
+        zeros = (-low / scales.float()).round().clamp(0, 15)
+        q = (groups / scales.float()[..., None] + zeros[..., None]).round().clamp(0, 15).to(torch.int32)
+        q = q.reshape(rows, cols).t().contiguous()  # [in, out]
+        z = zeros.to(torch.int32).t().contiguous()  # [in / group, out]
+        base = key[: -len(".weight")]
+        out[f"{base}.qweight"], out[f"{base}.qzeros"] = _awq_pack(q), _awq_pack(z)
+        out[f"{base}.scales"] = scales.t().contiguous()
+    # What AutoAWQ writes for the official checkpoint, "visual"-only exclusion list included.
+    quant = {
+        "bits": 4, "group_size": AWQ_GROUP, "modules_to_not_convert": ["visual"],
+        "quant_method": "awq", "version": "gemm", "zero_point": True,
+    }  # fmt: skip
+    return out, quant
+
+
+def _awq_pack(values: Any) -> Any:
+    """Eight 4-bit columns per int32, in AutoAWQ's interleaved order."""
+    import torch
+
+    lanes = values.reshape(values.shape[0], -1, 8)[..., AWQ_ORDER]
+    return (lanes << (torch.arange(8, dtype=torch.int32) * 4)).sum(-1, dtype=torch.int32)
+
+
+# The MoE decoder's attention and expert projections, the layers llm-compressor quantizes in Qwen3-Omni.
+CT_TARGET = re.compile(r"^thinker\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.experts\.\d+\.\w+_proj)\.weight$")
+CT_GROUP = 16
+
+
+def compressed_tensors_quantize(state: dict[str, Any], bits: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pack the decoder's Linear weights as llm-compressor does (pack-quantized, symmetric int, per group)."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=CT_GROUP)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args, format="pack-quantized")
+    compressor = BaseCompressor.get_value_from_registry("pack-quantized")
+    out: dict[str, Any] = {}
+    ignore = []
+    for key, weight in state.items():
+        if not CT_TARGET.match(key):
+            out[key] = weight
+            if key.endswith(".weight") and weight.dim() == 2 and "embed_tokens" not in key:
+                ignore.append(key[: -len(".weight")])  # named as llm-compressor names them: full-model paths
+            continue
+        groups = weight.float().reshape(weight.shape[0], -1, CT_GROUP)
+        scale, zero_point = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+        packed = compressor.compress(
+            {"weight": weight.bfloat16(), "weight_scale": scale.bfloat16(), "weight_zero_point": zero_point}, scheme
+        )
+        base = key[: -len(".weight")]
+        out.update({f"{base}.{name}": tensor for name, tensor in packed.items()})
+    group = {"targets": ["Linear"], "weights": args.model_dump(), "input_activations": None, "output_activations": None}
+    quant = {
+        "config_groups": {"group_0": {**group, "format": "pack-quantized"}},
+        "format": "pack-quantized",
+        "ignore": sorted(ignore),
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "kv_cache_scheme": None,
+    }
+    return out, quant
+
+
+QUANTIZERS = {
+    "awq": awq_quantize,
+    "compressed-tensors": lambda state: compressed_tensors_quantize(state, 8),
+    "compressed-tensors-4bit": lambda state: compressed_tensors_quantize(state, 4),
+}
 
 
 def talker_config(family_name: str, ids: dict[str, int]) -> dict[str, Any]:
@@ -251,10 +349,16 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2.5-omni", help="model family")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", *QUANTIZERS],
+        default="none",
+        help="weight format: AWQ as AutoAWQ writes it (Qwen2.5-Omni), or compressed-tensors as llm-compressor does",
+    )
     args = parser.parse_args()
-    build(args.out_dir, args.family, args.seed)
+    build(args.out_dir, args.family, args.seed, args.quantization)
     size = sum(p.stat().st_size for p in args.out_dir.iterdir() if p.is_file())
-    print(f"wrote a tiny {args.family} checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
+    print(f"wrote a tiny {args.family} ({args.quantization}) checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":

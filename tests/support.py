@@ -21,10 +21,11 @@ AISHELL = AUDIO / "aishell_BAC009S0724W0121.wav"
 RECORDINGS = [JFK, LIBRISPEECH, AISHELL]
 
 
-def build_tiny(out: Path, family: str) -> Path:
+def build_tiny(out: Path, family: str, quantization: str = "none") -> Path:
     """Run the project's own tiny-checkpoint tool."""
     tool = ROOT / "serve" / "make_tiny_checkpoint.py"
-    subprocess.run([sys.executable, str(tool), str(out), "--family", family], check=True, capture_output=True)
+    cmd = [sys.executable, str(tool), str(out), "--family", family, "--quantization", quantization]
+    subprocess.run(cmd, check=True, capture_output=True)
     return out
 
 

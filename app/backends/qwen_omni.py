@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.backends import GenerationRequest
+from app.backends.loading import thinker_loading
 from app.devices import resolve_device
 from app.options import LANGUAGES
 from app.settings import Settings
@@ -83,23 +84,31 @@ class QwenOmniBackend:
         processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
             settings.checkpoint_path, local_files_only=local
         )
+        config, quant_kwargs, weights = thinker_loading(
+            thinker_class, settings.checkpoint_path, local_files_only=local, device=device
+        )
+        if weights != variant.quantization:
+            log.warning(
+                "variant %s expects %s weights; the checkpoint has %s", variant.name, variant.quantization, weights
+            )
         # Full Qwen-Omni checkpoints store the thinker under "thinker."; transformers' conversion mapping
-        # strips that prefix and the thinker config class picks thinker_config, so the talker is never loaded.
+        # strips that prefix, and the thinker config leaves the talker out, so it is never loaded.
         model = thinker_class.from_pretrained(
             settings.checkpoint_path,
+            config=config,
             dtype=dtype,
             attn_implementation=attn,
-            device_map="auto" if device == "cuda" else None,
+            # Several GPUs share the layers (CUDA_VISIBLE_DEVICES picks them); quantized loaders need a map.
+            device_map="auto" if device == "cuda" else device,
             local_files_only=local,
+            **quant_kwargs,
         )
-        if device != "cuda":
-            model = model.to(device)
-        elif settings.low_vram and getattr(model.model, "visual", None) is not None:
+        if device == "cuda" and settings.low_vram and getattr(model.model, "visual", None) is not None:
             # Audio never reaches the vision tower: keep its weights in CPU memory, not VRAM.
             model.model.visual.to("cpu")
             torch.cuda.empty_cache()
         model.eval()
-        log.info("loaded %s (%s) on %s (%s, %s)", settings.checkpoint_path, variant.name, device, model.dtype, attn)
+        log.info("loaded %s (%s, %s weights) on %s, %s", settings.checkpoint_path, variant.name, weights, device, attn)
         return cls(model, processor, device, variant.task)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,24 +17,26 @@ FAST = {"max_new_tokens": "24"}
 
 
 @pytest.mark.parametrize(
-    ("variant", "family", "task", "segment"),
+    ("variant", "family", "quantization", "task", "segment"),
     [
-        ("full", "qwen2.5-omni", "transcribe", 60.0),
-        ("captioner", "qwen3-omni", "caption", 30.0),
-        ("instruct-awq", "qwen3-omni", "transcribe", 60.0),
+        ("awq", "qwen2.5-omni", "awq", "transcribe", 60.0),
+        ("full", "qwen2.5-omni", "none", "transcribe", 60.0),
+        ("captioner", "qwen3-omni", "none", "caption", 30.0),
+        ("captioner-awq", "qwen3-omni", "compressed-tensors", "caption", 30.0),
+        ("instruct-awq", "qwen3-omni", "compressed-tensors-4bit", "transcribe", 60.0),
     ],
 )
 def test_variant_serves_end_to_end(
     variant: str,
     family: str,
+    quantization: str,
     task: str,
     segment: float,
-    tiny_checkpoint: Path,
-    tiny_qwen3_checkpoint: Path,
+    tiny_checkpoints: Callable[[str, str], Path],
     tmp_path: Path,
 ) -> None:
-    """The variant's thinker class loads its family's checkpoint; health names variant and task."""
-    checkpoint = tiny_checkpoint if family == "qwen2.5-omni" else tiny_qwen3_checkpoint
+    """The variant's thinker class loads its family's checkpoint in its format; health names variant and task."""
+    checkpoint = tiny_checkpoints(family, quantization)
     server = Server(checkpoint, tmp_path / "data", ["--variant", variant, "--device", "cpu"]).start()
     try:
         body = post(server, "/transcribe/json", JFK, **FAST).json()

@@ -1,0 +1,76 @@
+"""How a Qwen-Omni thinker checkpoint is loaded, per weight format: plain, AWQ (gptqmodel) or compressed-tensors.
+
+Facts from reading transformers 5.23 that shape this module:
+
+- Loading the thinker class from a full checkpoint takes only the `thinker_config` sub-dict
+  (PreTrainedConfig.from_pretrained picks the dict whose model_type matches). The `quantization_config`
+  that AutoAWQ and llm-compressor write at the top level is therefore dropped, and the quantized weights
+  would load as random dense ones with only a load-report warning. So the quantization config is read from
+  the top level and put on the thinker config explicitly.
+- transformers renames the released `thinker.visual.*` / `thinker.audio_tower.*` modules to
+  `model.visual.*` / `model.audio_tower.*`, and its module matcher anchors names at the start (or matches
+  whole suffixes). The official AWQ checkpoint's `modules_to_not_convert: ["visual"]` then matches nothing,
+  and neither tower would be kept dense, although AutoAWQ quantized only the text decoder: both towers
+  would become AWQ layers with missing weights (NaN audio features). We name them in transformers' terms.
+- AWQ goes through gptqmodel (autoawq is archived). On CUDA, gptqmodel picks its fastest kernel for fp16;
+  elsewhere its pure-torch kernel (`torch_awq`, dequantize then matmul) needs no compiled extension.
+- compressed-tensors MoE experts are dequantized to dense at load time whatever the flags say (the fused
+  3-D expert tensors have no packed form in transformers), so `dequantize=True` is used for every layer:
+  it works from the tensors in the checkpoint rather than from the ignore list, whose full-model names
+  (`thinker.audio_tower...`) do not match transformers' module names. A 30B-A3B model then takes its
+  bf16 size (about 63 GB), not its on-disk size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Modules AutoAWQ leaves in fp16 in Qwen2.5-Omni checkpoints, in transformers 5 module names.
+AWQ_DENSE_MODULES = ["model.visual", "model.audio_tower", "lm_head"]
+
+
+def quantization_config(config_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's quantization config, wherever the writer put it (top level or thinker_config)."""
+    found = config_dict.get("quantization_config") or config_dict.get("thinker_config", {}).get("quantization_config")
+    return dict(found) if found else None
+
+
+def thinker_loading(
+    thinker_class: Any, checkpoint: str, *, local_files_only: bool, device: str
+) -> tuple[Any, dict[str, Any], str]:
+    """The thinker config and extra from_pretrained kwargs for this checkpoint, and its weight format."""
+    from transformers import PretrainedConfig
+
+    top, _ = PretrainedConfig.get_config_dict(checkpoint, local_files_only=local_files_only)
+    config = thinker_class.config_class.from_pretrained(checkpoint, local_files_only=local_files_only)
+    quant = quantization_config(top)
+    if quant is None:
+        return config, {}, "none"
+    method = quant.get("quant_method")
+    if method == "awq":
+        quant["modules_to_not_convert"] = AWQ_DENSE_MODULES
+        # gptqmodel's compiled kernels are CUDA ones; its torch kernel runs anywhere without compiling.
+        quant["backend"] = "auto" if device == "cuda" else "torch_awq"
+        config.quantization_config = quant
+        return config, {}, "awq"
+    if method == "compressed-tensors":
+        _check_symmetric(quant)
+        from transformers import CompressedTensorsConfig
+
+        config.quantization_config = quant
+        return config, {"quantization_config": CompressedTensorsConfig(dequantize=True)}, "compressed-tensors"
+    raise ValueError(f"unsupported quantization method {method!r} in {checkpoint}; expected awq or compressed-tensors")
+
+
+def _check_symmetric(quant: dict[str, Any]) -> None:
+    """transformers' MoE expert dequantizer ignores zero points, so asymmetric weights would load wrong."""
+    for name, group in quant.get("config_groups", {}).items():
+        weights = group.get("weights") or {}
+        if weights and not weights.get("symmetric", True):
+            raise ValueError(
+                f"compressed-tensors group {name!r} is asymmetric; transformers dequantizes MoE experts "
+                "without zero points, so this checkpoint would load with wrong weights"
+            )
