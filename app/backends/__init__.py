@@ -16,6 +16,8 @@ class GenerationParams:
     max_new_tokens: int
     temperature: float
     repetition_penalty: float
+    # Benchmarks only: force this many tokens, so random weights cost what real speech costs.
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True, eq=False)

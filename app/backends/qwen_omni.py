@@ -133,6 +133,8 @@ class QwenOmniBackend:
         sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
         if params.temperature > 0:
             sampling["temperature"] = params.temperature
+        if params.min_new_tokens:
+            sampling["min_new_tokens"] = params.min_new_tokens
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs,
