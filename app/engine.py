@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from app.backends import Backend, GenerationRequest
-from app.errors import InferenceFailed, ModelUnavailable
+from app.backends import Backend, BackendOutOfMemory, GenerationRequest, GenerationResult
+from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ModelState(StrEnum):
 @dataclass
 class _Work:
     request: GenerationRequest
-    future: Future[str]
+    future: Future[GenerationResult]
 
 
 _STOP = object()
@@ -46,12 +46,15 @@ class Engine:
         *,
         idle_timeout: float,
         batch_size: int,
+        token_budget: int = 1 << 20,
         release: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loader = loader
         self._idle_timeout = idle_timeout
         self._batch_size = batch_size
+        self._token_budget = token_budget
+        self._oom_splits = 0
         self._release = release
         self._clock = clock
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -79,12 +82,12 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[str]]:
-        """Queue segments for generation; each future resolves to the segment's text or raises."""
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[GenerationResult]]:
+        """Queue segments for generation; each future resolves to the segment's result or raises."""
         self.start()
-        futures: list[Future[str]] = []
+        futures: list[Future[GenerationResult]] = []
         for request in requests:
-            future: Future[str] = Future()
+            future: Future[GenerationResult] = Future()
             self._queue.put(_Work(request, future))
             futures.append(future)
         return futures
@@ -102,6 +105,9 @@ class Engine:
                 "idle_timeout": self._idle_timeout,
                 "seconds_until_unload": None if left is None else round(left, 1),
                 "loads": self._loads,
+                "batch_size": self._batch_size,
+                "token_budget": self._token_budget,
+                "oom_batch_splits": self._oom_splits,
                 "pending_segments": self._queue.qsize() + self._held,
             }
 
@@ -151,18 +157,24 @@ class Engine:
             pending.append(item)
 
     def _take_batch(self, pending: deque[_Work]) -> list[_Work]:
-        """Up to batch_size live items sharing the first item's params, in submission order."""
+        """Live items sharing the first item's params, in submission order, within batch size and token budget.
+
+        A padded batch costs its size times its longest sequence, so that is what the budget bounds; the
+        first item is always taken, whatever its cost.
+        """
         batch: list[_Work] = []
         rest: deque[_Work] = deque()
-        params = None
+        longest = 0
         while pending:
             work = pending.popleft()
             if work.future.cancelled():
                 continue
-            if params is None:
-                params = work.request.params
-            if work.request.params == params and len(batch) < self._batch_size:
+            fits = len(batch) < self._batch_size and (
+                not batch or (len(batch) + 1) * max(longest, work.request.cost) <= self._token_budget
+            )
+            if fits and (not batch or work.request.params == batch[0].request.params):
                 batch.append(work)
+                longest = max(longest, work.request.cost)
             else:
                 rest.append(work)
         pending.extend(rest)
@@ -183,19 +195,39 @@ class Engine:
         with self._lock:
             self._busy = True
         try:
-            texts = backend.generate([w.request for w in live])
-            if len(texts) != len(live):
-                raise RuntimeError(f"backend returned {len(texts)} texts for {len(live)} segments")
-        except Exception as exc:  # a backend fault fails these requests, never the worker
-            log.exception("generation failed")
-            self._fail_all(live, InferenceFailed(f"generation failed: {exc}"), running=True)
-        else:
-            for work, text in zip(live, texts, strict=True):
-                work.future.set_result(text)
+            self._generate(backend, live)
         finally:
             with self._lock:
                 self._busy = False
                 self._last_used = self._clock()
+
+    def _generate(self, backend: Backend, batch: list[_Work]) -> None:
+        """Generate for a batch; out of memory, halve it and retry each half (a batch of one fails)."""
+        try:
+            results = backend.generate([w.request for w in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} segments")
+        except BackendOutOfMemory as exc:
+            if len(batch) == 1:
+                log.error("out of memory on a batch of one segment: %s", exc)
+                self._fail_all(
+                    batch, OutOfMemory(f"not enough accelerator memory for one segment: {exc}"), running=True
+                )
+                return
+            with self._lock:
+                self._oom_splits += 1
+            half = len(batch) // 2
+            log.warning(
+                "out of memory on a batch of %d segments: retrying as %d and %d", len(batch), half, len(batch) - half
+            )
+            self._generate(backend, batch[:half])
+            self._generate(backend, batch[half:])
+        except Exception as exc:  # a backend fault fails these requests, never the worker
+            log.exception("generation failed")
+            self._fail_all(batch, InferenceFailed(f"generation failed: {exc}"), running=True)
+        else:
+            for work, result in zip(batch, results, strict=True):
+                work.future.set_result(result)
 
     def _ensure_loaded(self) -> Backend | None:
         if self._backend is not None:

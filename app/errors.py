@@ -73,6 +73,13 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class OutOfMemory(ServiceError):
+    """Even a single segment does not fit in accelerator memory."""
+
+    status = 503
+    code = "out_of_memory"
+
+
 class InferenceFailed(ServiceError):
     """The backend raised while generating."""
 

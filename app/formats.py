@@ -73,6 +73,12 @@ def cue_text(text: str) -> str:
 def segments_json(transcript: Transcript) -> list[dict[str, Any]]:
     """The per-segment view used by the JSON outputs."""
     return [
-        {"index": s.index, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+        {
+            "index": s.index,
+            "start": round(s.start, 3),
+            "end": round(s.end, 3),
+            "text": s.text,
+            "stop_reason": s.stop_reason,
+        }
         for s in transcript.segments
     ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import audio
-from app.backends import GenerationParams, GenerationRequest
+from app.backends import GenerationParams, GenerationRequest, StopReason
 from app.engine import Engine
 from app.options import TranscribeOptions
 
@@ -24,6 +24,9 @@ class TranscriptSegment:
     start: float
     end: float
     text: str
+    # Why generation stopped: eos (the model finished), max_tokens (a limit cut it), repetition (a loop
+    # was detected and its repeated tail trimmed).
+    stop_reason: StopReason = "eos"
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,15 @@ class Pipeline:
         finally:
             for future in futures:
                 future.cancel()  # no-op for finished ones; frees the worker from the rest after a failure
-        texts = [f.result() for f in futures]
+        results = [f.result() for f in futures]
+        texts = [r.text for r in results]
         if options.enable_s2t:
             texts = to_traditional(texts)
         return Transcript(
-            segments=[TranscriptSegment(s.index, s.start, s.end, t) for s, t in zip(segments, texts, strict=True)],
+            segments=[
+                TranscriptSegment(s.index, s.start, s.end, text, r.stop_reason)
+                for s, text, r in zip(segments, texts, results, strict=True)
+            ],
             duration=audio.duration_of(samples),
             language=options.language,
             processing_seconds=time.monotonic() - started,

@@ -64,6 +64,7 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         loader or real_loader(settings),
         idle_timeout=settings.idle_timeout,
         batch_size=settings.batch_size,
+        token_budget=settings.token_budget,
         release=release_memory,
     )
     pipeline = Pipeline(engine)

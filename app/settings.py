@@ -53,8 +53,10 @@ class Settings:
     repetition_penalty: float = _setting(1.1, "ASR_REPETITION_PENALTY", "default repetition penalty")
     # Uploads over this many bytes get 413 (accepts K/M/G suffixes, e.g. 4G).
     max_upload_size: int = _setting(4 * 1024**3, "ASR_MAX_UPLOAD_SIZE", "upload limit in bytes (K/M/G suffixes ok)")
-    # Segments the inference worker puts into one generate call.
-    batch_size: int = _setting(8, "ASR_BATCH_SIZE", "segments per generate call")
+    # Most segments the inference worker puts into one generate call (from one file or many requests).
+    batch_size: int = _setting(16, "ASR_BATCH_SIZE", "most segments per generate call")
+    # Most tokens one generate call may hold: batch size x longest sequence (prompt, audio, output cap).
+    token_budget: int = _setting(65536, "ASR_TOKEN_BUDGET", "most tokens (batch x longest sequence) per call")
     # Async jobs processed at once; their segments share the inference worker's batches.
     job_workers: int = _setting(2, "ASR_JOB_WORKERS", "async jobs processed concurrently")
     # HTTP server (gunicorn: one worker process, this many threads).
@@ -76,7 +78,7 @@ class Settings:
         self.default_options()  # validates temperature and repetition_penalty the same way requests are
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in ("batch_size", "job_workers", "threads", "max_upload_size"):
+        for name in ("batch_size", "token_budget", "job_workers", "threads", "max_upload_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not (math.isfinite(self.idle_timeout) and self.idle_timeout >= 0):

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import GenerationRequest
+from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, StopReason
 from app.backends.loading import thinker_loading
+from app.backends.stopping import RepetitionLoop, RowTokenLimits, trim_repetition
 from app.devices import resolve_device
 from app.options import LANGUAGES
 from app.settings import Settings
@@ -111,9 +112,10 @@ class QwenOmniBackend:
         log.info("loaded %s (%s, %s weights) on %s, %s", settings.checkpoint_path, variant.name, weights, device, attn)
         return cls(model, processor, device, variant.task)
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
-        """Transcribe a batch of segments in one generate call (left padding)."""
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Transcribe a batch of segments in one generate call (left padding), each with its own token limit."""
         import torch
+        from transformers import StoppingCriteriaList
 
         params = batch[0].params
         texts = [
@@ -130,23 +132,47 @@ class QwenOmniBackend:
         )
         inputs = inputs.to(self.model.device)
         inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        prompt_length = inputs["input_ids"].shape[1]
+        limits = [r.token_limit for r in batch]
         sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
         if params.temperature > 0:
             sampling["temperature"] = params.temperature
         if params.min_new_tokens:
             sampling["min_new_tokens"] = params.min_new_tokens
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=params.max_new_tokens,
-                repetition_penalty=params.repetition_penalty,
-                eos_token_id=self._eos,
-                pad_token_id=self._pad,
-                **sampling,
-            )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        return [text.strip() for text in decoded]
+        loops = RepetitionLoop(prompt_length, len(batch), self._eos)
+        stopping = StoppingCriteriaList([RowTokenLimits(prompt_length, limits), loops])
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max(limits),
+                    repetition_penalty=params.repetition_penalty,
+                    eos_token_id=self._eos,
+                    pad_token_id=self._pad,
+                    stopping_criteria=stopping,
+                    **sampling,
+                )
+        except torch.OutOfMemoryError as exc:
+            del inputs
+            torch.cuda.empty_cache()
+            raise BackendOutOfMemory(str(exc)) from None
+        rows = output[:, prompt_length:].tolist()
+        return [
+            self._result(row, limit, bool(looped))
+            for row, limit, looped in zip(rows, limits, loops.detected.tolist(), strict=True)
+        ]
+
+    def _result(self, ids: list[int], limit: int, looped: bool) -> GenerationResult:
+        """Decode one row: up to where it ended, with a looping tail trimmed to one copy of its pattern."""
+        # Rows that stop early are padded with the pad token, which is also an end token: only an end
+        # token inside the row's own limit, in a row that did not loop, is the model ending its turn.
+        end = next((i for i, token in enumerate(ids) if token in self._eos), len(ids))
+        ids = ids[: min(end, limit)]
+        reason: StopReason = "eos" if end < limit and not looped else "max_tokens"
+        if looped and (trimmed := trim_repetition(ids)) is not None:
+            ids, reason = trimmed, "repetition"
+        text = self.processor.decode(ids, skip_special_tokens=True)
+        return GenerationResult(text.strip(), reason, len(ids))
 
     def close(self) -> None:
         """Drop the model and processor."""

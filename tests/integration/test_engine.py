@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.backends import Backend, GenerationParams, GenerationRequest
+from app.backends import Backend, BackendOutOfMemory, GenerationParams, GenerationRequest, GenerationResult
 from app.engine import Engine
-from app.errors import InferenceFailed, ModelUnavailable
+from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory
 from app.services import real_loader
 from app.settings import Settings
 
@@ -67,8 +67,9 @@ def test_lazy_load_generate_idle_unload_and_reload(tiny_settings: Settings) -> N
         time.sleep(0.3)
         assert loader.loads == 0 and engine.status()["state"] == "unloaded"
 
-        texts = [f.result(timeout=60) for f in engine.submit([request(), request(1.0), request(3.0)])]
-        assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+        results = [f.result(timeout=60) for f in engine.submit([request(), request(1.0), request(3.0)])]
+        assert len(results) == 3 and all(isinstance(r.text, str) for r in results)
+        assert all(0 <= r.tokens <= PARAMS.max_new_tokens for r in results)
         status = engine.status()
         assert status["state"] == "loaded" and status["device"] == "cpu" and loader.loads == 1
         assert 0 < status["seconds_until_unload"] <= 1.0
@@ -77,7 +78,7 @@ def test_lazy_load_generate_idle_unload_and_reload(tiny_settings: Settings) -> N
         gc.collect()
         assert loader.refs[0]() is None, "the unloaded model is still referenced somewhere"
 
-        assert isinstance(engine.submit([request()])[0].result(timeout=60), str)
+        assert isinstance(engine.submit([request()])[0].result(timeout=60).text, str)
         assert loader.loads == 2 and engine.status()["loads"] == 2
     finally:
         engine.stop(timeout=10)
@@ -100,20 +101,25 @@ class RecordingBackend:
 
     device = "cpu"
 
-    def __init__(self, fail_on: int | None = None, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, fail_on: int | None = None, gate: threading.Event | None = None, memory_for: int | None = None
+    ) -> None:
         self.batches: list[int] = []
         self.fail_on = fail_on
         self.gate = gate
+        self.memory_for = memory_for  # largest batch that fits, or None for no limit
         self.entered = threading.Event()
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[str]:
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append(len(batch))
         if self.fail_on is not None and len(self.batches) == self.fail_on:
             raise RuntimeError("CUDA error: device-side assert triggered")
-        return [f"seg-{len(r.samples)}" for r in batch]
+        if self.memory_for is not None and len(batch) > self.memory_for:
+            raise BackendOutOfMemory(f"CUDA out of memory: tried a batch of {len(batch)}")
+        return [GenerationResult(f"seg-{len(r.samples)}", "eos", 1) for r in batch]
 
     def close(self) -> None:
         pass
@@ -130,8 +136,8 @@ def test_batches_group_segments_across_requests_up_to_batch_size() -> None:
         rest = engine.submit([request(s) for s in (1.5, 2.0, 2.5, 3.0, 3.5)])
         assert engine.status()["pending_segments"] == 6  # one in the worker's hands, five queued
         gate.set()
-        assert first[0].result(timeout=10) == "seg-16000"
-        assert [f.result(timeout=10) for f in rest] == [f"seg-{int(s * 16000)}" for s in (1.5, 2.0, 2.5, 3.0, 3.5)]
+        assert first[0].result(timeout=10).text == "seg-16000"
+        assert [f.result(timeout=10).text for f in rest] == [f"seg-{int(s * 16000)}" for s in (1.5, 2.0, 2.5, 3.0, 3.5)]
         assert backend.batches == [1, 3, 2]
     finally:
         engine.stop(timeout=10)
@@ -173,7 +179,7 @@ def test_load_failure_reports_error_and_next_request_retries() -> None:
                 future.result(timeout=10)
         status = engine.status()
         assert status["state"] == "error" and "checkpoint not found" in status["error"]
-        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+        assert engine.submit([request()])[0].result(timeout=10).text == "seg-32000"
         assert engine.status()["state"] == "loaded" and len(attempts) == 2
     finally:
         engine.stop(timeout=10)
@@ -186,7 +192,7 @@ def test_backend_exception_fails_that_batch_only() -> None:
     try:
         with pytest.raises(InferenceFailed, match="device-side assert"):
             engine.submit([request()])[0].result(timeout=10)
-        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+        assert engine.submit([request()])[0].result(timeout=10).text == "seg-32000"
     finally:
         engine.stop(timeout=10)
 
@@ -203,7 +209,63 @@ def test_cancelled_segments_are_skipped() -> None:
         assert all(f.cancel() for f in doomed)
         gate.set()
         blocker[0].result(timeout=10)
-        assert engine.submit([request()])[0].result(timeout=10) == "seg-32000"
+        assert engine.submit([request()])[0].result(timeout=10).text == "seg-32000"
         assert backend.batches == [1, 1]
     finally:
         engine.stop(timeout=10)
+
+
+def test_out_of_memory_halves_the_batch_and_retries() -> None:
+    """A batch that does not fit is split in halves until it does; every segment still gets its result."""
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate, memory_for=2)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=8)
+    try:
+        blocker = engine.submit([request()])
+        assert backend.entered.wait(10)
+        seconds = (1.0, 1.5, 2.0, 2.5, 3.0)
+        futures = engine.submit([request(s) for s in seconds])
+        gate.set()
+        blocker[0].result(timeout=10)
+        assert [f.result(timeout=10).text for f in futures] == [f"seg-{int(s * 16000)}" for s in seconds]
+        # 5 -> 2 + 3 (2 fits) -> 3 -> 1 + 2: results come back in order all the same.
+        assert backend.batches == [1, 5, 2, 3, 1, 2]
+        assert engine.status()["oom_batch_splits"] == 2
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_out_of_memory_on_one_segment_fails_that_request_only() -> None:
+    """A segment that does not fit alone gets 503 out_of_memory; the worker keeps serving."""
+    backend = RecordingBackend(memory_for=0)
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=4)
+    try:
+        with pytest.raises(OutOfMemory, match="one segment"):
+            engine.submit([request()])[0].result(timeout=10)
+        backend.memory_for = None
+        assert engine.submit([request()])[0].result(timeout=10).text == "seg-32000"
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_token_budget_bounds_the_padded_batch() -> None:
+    """Batch size x longest sequence stays within the budget; a lone segment over it still runs."""
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    long = request(60.0)  # cost: 40 prompt + 1500 audio + 512 guard = 2052
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=16, token_budget=3 * long.cost)
+    try:
+        blocker = engine.submit([request()])
+        assert backend.entered.wait(10)
+        futures = engine.submit([request(60.0) for _ in range(7)])
+        gate.set()
+        blocker[0].result(timeout=10)
+        [f.result(timeout=10) for f in futures]
+        assert backend.batches == [1, 3, 3, 1]
+    finally:
+        engine.stop(timeout=10)
+    tiny_budget = Engine(lambda: RecordingBackend(), idle_timeout=0, batch_size=4, token_budget=10)
+    try:
+        assert tiny_budget.submit([request()])[0].result(timeout=10).text == "seg-32000"
+    finally:
+        tiny_budget.stop(timeout=10)

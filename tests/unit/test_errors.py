@@ -15,6 +15,7 @@ from app.errors import (
     JobNotFound,
     MissingFile,
     ModelUnavailable,
+    OutOfMemory,
     ServiceError,
     UnsupportedAudio,
     UploadTooLarge,
@@ -34,6 +35,7 @@ from app.errors import (
         (JobNotFound, 404, "job_not_found"),
         (ModelUnavailable, 503, "model_unavailable"),
         (InferenceFailed, 500, "inference_failed"),
+        (OutOfMemory, 503, "out_of_memory"),
     ],
 )
 def test_status_and_code_per_class(cls: type[ServiceError], status: int, code: str) -> None:
@@ -66,6 +68,7 @@ def test_every_subclass_is_covered() -> None:
         "MissingFile",
         "InvalidOption",
         "UploadTooLarge",
+        "OutOfMemory",
         "UnsupportedAudio",
         "JobNotFound",
         "ModelUnavailable",

@@ -102,8 +102,8 @@ def test_segments_json() -> None:
     """Every segment (empty ones included), times rounded to milliseconds."""
     t = transcript((0.0, 2.6449375, "ask not"), (2.6449375, 4.84, ""))
     assert segments_json(t) == [
-        {"index": 0, "start": 0.0, "end": 2.645, "text": "ask not"},
-        {"index": 1, "start": 2.645, "end": 4.84, "text": ""},
+        {"index": 0, "start": 0.0, "end": 2.645, "text": "ask not", "stop_reason": "eos"},
+        {"index": 1, "start": 2.645, "end": 4.84, "text": "", "stop_reason": "eos"},
     ]
 
 
