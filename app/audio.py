@@ -1,10 +1,19 @@
-"""Audio front-end: one ffmpeg decode to 16 kHz mono float32, then segments cut at quiet points."""
+"""Audio front-end: one ffmpeg decode to 16 kHz mono float32, cut into segments at quiet points.
+
+stream_segments() does both in one pass with memory bounded by a segment; decode() + split() hold the whole file.
+"""
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -18,6 +27,13 @@ FRAME = SAMPLE_RATE // 100
 # A pathological file must not hold a request thread forever.
 DECODE_TIMEOUT_SECONDS = 3600
 PROBE_TIMEOUT_SECONDS = 60
+# ffmpeg's output is read a second at a time; decode() collects it in blocks of about a minute.
+_READ_SAMPLES = SAMPLE_RATE
+_READ_BYTES = _READ_SAMPLES * 4
+_DECODE_BLOCK_SAMPLES = 1 << 20
+# What is kept of ffmpeg's stderr: its first and its last this many bytes.
+_STDERR_KEEP = 64 * 1024
+_STDERR_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -41,27 +57,84 @@ class Segment:
 
 
 def decode(path: str | Path) -> np.ndarray:
-    """Decode the first audio stream of any ffmpeg-readable file to float32 mono 16 kHz samples."""
-    cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path),
-        "-map", "0:a:0", "-vn", "-sn", "-dn",
-        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=DECODE_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise UnsupportedAudio("decoding the upload took too long") from None
-    if proc.returncode != 0:
-        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
-    # ffmpeg may write a trailing partial sample when it stops on a corrupt packet; drop it.
-    usable = len(proc.stdout) - len(proc.stdout) % 4
-    samples = np.frombuffer(proc.stdout[:usable], dtype=np.float32)
-    if samples.size == 0:
+    """Decode the first audio stream of any ffmpeg-readable file to float32 mono 16 kHz samples.
+
+    The samples are read from ffmpeg in blocks and copied once into the result, so the peak is about one
+    copy of the audio plus one block (not the pipe's whole output plus the array made from it).
+    """
+    blocks: list[np.ndarray] = []
+    total = 0
+    with _PcmReader(path) as reader:
+        while not reader.eof:
+            block = np.empty(_DECODE_BLOCK_SAMPLES, dtype=np.float32)
+            got = reader.fill(block.view(np.uint8).data) // 4
+            if got:
+                _sanitize(block[:got])
+                blocks.append(block[:got])
+                total += got
+        reader.finish()
+    if total == 0:
         raise UnsupportedAudio("the file contains no audio samples")
-    if not np.isfinite(samples).all():
-        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    if len(blocks) == 1:
+        return blocks[0].copy()  # trimmed: do not keep a whole block alive for a short file
+    samples = np.empty(total, dtype=np.float32)
+    at = 0
+    blocks.reverse()
+    while blocks:  # free each block as soon as it is copied
+        block = blocks.pop()
+        samples[at : at + len(block)] = block
+        at += len(block)
+        del block
     return samples
+
+
+def stream_segments(path: str | Path, segment_duration: float) -> Iterator[Segment]:
+    """Decode and cut in one pass: the segments split(decode(path), segment_duration) gives, as they decode.
+
+    One ffmpeg process decodes straight to 16 kHz mono float32 on a pipe. It is read a second at a time
+    into a buffer of one segment plus one read; a segment is yielded as soon as its cut is known (the
+    sample after the nominal cut has arrived, so the 2 s searched before it is complete). Cuts are exactly
+    split()'s. Each segment's samples are its own copy, so memory stays at about two segments whatever
+    the length of the file; the last segment's end is the duration of the audio.
+
+    Raises UnsupportedAudio like decode(). A failure ffmpeg reports only when it exits (a file corrupt
+    midway) is raised after the segments before it were yielded, never after the last one. Closing the
+    generator early, or an exception in the consumer, kills ffmpeg and reaps it.
+    """
+    size = round(segment_duration * SAMPLE_RATE)
+    if size < 1:
+        raise ValueError(f"segment_duration must be positive, got {segment_duration!r}")
+    window = min(int(QUIET_SEARCH_SECONDS * SAMPLE_RATE), size // 2)
+    # The segment, the sample after it (it decides whether the audio goes on), and room for one read.
+    buf = np.empty(size + _READ_SAMPLES, dtype=np.float32)
+    raw = buf.view(np.uint8)
+    view = raw.data
+    filled_bytes = 0  # bytes of buf holding decoded data (may end in a partial sample)
+    clean = 0  # buf[:clean] has had non-finite values replaced
+    start = 0  # position of buf[0] in the audio
+    index = 0
+    with _PcmReader(path) as reader:
+        while True:
+            while not reader.eof and filled_bytes // 4 <= size:
+                filled_bytes += reader.read(view[filled_bytes : min(filled_bytes + _READ_BYTES, len(view))])
+            if reader.eof:
+                reader.finish()  # raises before the last segment if ffmpeg failed
+                filled_bytes -= filled_bytes % 4  # a trailing partial sample from a corrupt packet
+            filled = filled_bytes // 4
+            _sanitize(buf[clean:filled])
+            clean = filled
+            if filled == 0:
+                if index == 0:
+                    raise UnsupportedAudio("the file contains no audio samples")
+                return
+            cut = filled if filled <= size else _quietest_cut(buf, size - window, size)
+            yield Segment(index, start, start + cut, buf[:cut].copy())
+            index += 1
+            start += cut
+            rest = filled_bytes - cut * 4
+            raw[:rest] = raw[cut * 4 : filled_bytes]  # numpy copies overlapping ranges safely
+            filled_bytes = rest
+            clean -= cut
 
 
 def probe(path: str | Path) -> None:
@@ -78,6 +151,109 @@ def probe(path: str | Path) -> None:
         raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
     if b"audio" not in proc.stdout:
         raise UnsupportedAudio("not decodable audio: the file has no audio stream")
+
+
+def _sanitize(samples: np.ndarray) -> None:
+    """Replace NaN and infinities (from corrupt packets) in place, as the model cannot take them."""
+    if samples.size and not np.isfinite(samples).all():
+        np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+
+
+class _PcmReader:
+    """One ffmpeg process decoding a file to 16 kHz mono float32 on a pipe, read incrementally.
+
+    stderr is drained by a thread into a bounded buffer (its first and last bytes), so a corrupt file that
+    makes ffmpeg log without end can neither block it nor fill memory. DECODE_TIMEOUT_SECONDS bounds the
+    time spent waiting for ffmpeg's output (not the time the consumer takes between reads). Leaving the
+    `with` block, however it is left, kills ffmpeg if it is still running and reaps it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        cmd = [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            "-i", str(path),
+            "-map", "0:a:0", "-vn", "-sn", "-dn",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
+        ]  # fmt: skip
+        self.eof = False
+        self._budget = float(DECODE_TIMEOUT_SECONDS)
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._fd = self._proc.stdout.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, args=(self._proc.stderr,), name="ffmpeg-stderr", daemon=True
+        )
+        self._stderr_thread.start()
+
+    def __enter__(self) -> _PcmReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, view: memoryview) -> int:
+        """Read what ffmpeg has written, up to len(view) bytes, into view; 0 (and eof set) at its end."""
+        while True:
+            if self._budget <= 0:
+                self.close()
+                raise UnsupportedAudio("decoding the upload took too long")
+            waited = time.monotonic()
+            ready = self._poll.poll(self._budget * 1000)
+            self._budget -= time.monotonic() - waited
+            if ready:
+                got = os.readv(self._fd, [view])
+                self.eof = got == 0
+                return got
+
+    def fill(self, view: memoryview) -> int:
+        """Read until view is full or ffmpeg's output ends; the number of bytes read."""
+        got = 0
+        while got < len(view) and not self.eof:
+            got += self.read(view[got:])
+        return got
+
+    def finish(self) -> None:
+        """After eof: wait for ffmpeg to exit; UnsupportedAudio if it failed."""
+        try:
+            returncode = self._proc.wait(timeout=max(self._budget, 1.0))
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise UnsupportedAudio("decoding the upload took too long") from None
+        self._stderr_thread.join(timeout=10)
+        if returncode != 0:
+            raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(self._stderr())}")
+
+    def close(self) -> None:
+        """Kill ffmpeg if it still runs, reap it, close the pipes."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._stderr_thread.join(timeout=10)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        while chunk := stream.read(_STDERR_CHUNK):
+            if len(self._head) < _STDERR_KEEP:
+                self._head += chunk[: _STDERR_KEEP - len(self._head)]
+            self._tail += chunk
+            if len(self._tail) > 2 * _STDERR_KEEP:
+                del self._tail[: len(self._tail) - _STDERR_KEEP]
+
+    def _stderr(self) -> bytes:
+        """The start and the end of what ffmpeg wrote to stderr (all of it when it was short)."""
+        if len(self._head) < _STDERR_KEEP:
+            return bytes(self._head)
+        tail = self._tail[-_STDERR_KEEP:]
+        # The tail starts mid-line: keep whole lines only.
+        return bytes(self._head) + b"\n" + bytes(tail[tail.find(b"\n") + 1 :])
 
 
 def _ffmpeg_reason(stderr: bytes) -> str:

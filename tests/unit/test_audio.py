@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
-from collections.abc import Callable
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.audio import FRAME, SAMPLE_RATE, Segment, decode, duration_of, split
+from app import audio
+from app.audio import FRAME, SAMPLE_RATE, Segment, decode, duration_of, split, stream_segments
 from app.errors import UnsupportedAudio
+from tests.unit.conftest import AUDIO_DIR, ROOT, run_ffmpeg
 
 SR = SAMPLE_RATE
 Ffmpeg = Callable[..., Path]
@@ -257,3 +267,323 @@ def test_split_real_recording_cuts_at_quiet_points(audio_dir: Path) -> None:
         nominal = segment.start_sample + 3 * SR
         window = float(np.sqrt(np.mean(samples[nominal - 2 * SR : nominal] ** 2)))
         assert at_cut < 0.2 * window
+
+
+# -------------------------------------------------------------------------------------- stream_segments
+
+DURATIONS = [1, 2.5, 3, 60, 300]
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
+    """A 16-bit mono WAV of float samples in [-1, 1) (the wave module; decoding it back is exact)."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes())
+    return path
+
+
+def gappy(seconds: float, seed: int) -> np.ndarray:
+    """Noise with silent gaps and quiet spots of 20-300 ms scattered over it, about one every 2 s."""
+    rng = np.random.default_rng(seed)
+    samples = noise(seconds, seed=seed)
+    for _ in range(round(seconds / 2)):
+        at = int(rng.integers(0, len(samples)))
+        samples[at : at + int(rng.integers(SR // 50, SR * 3 // 10))] *= rng.choice([0.0, 0.001, 0.01, 0.1])
+    return samples
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic inputs: 10 min 50 s of gappy noise as a 16 kHz WAV, and gappy speech as a 44.1 kHz stereo MP3."""
+    directory = tmp_path_factory.mktemp("synthetic")
+    wav = write_wav(directory / "gappy.wav", gappy(650, seed=11))
+    mp3 = directory / "speech.mp3"
+    # jfk.flac looped for 130 s with 300 ms of digital silence every 7 s: real speech through resampling.
+    speech = AUDIO_DIR / "jfk.flac"
+    if not speech.is_file():
+        return {"wav": wav}
+    run_ffmpeg(
+        mp3,
+        *("-stream_loop", "-1", "-i", str(speech), "-t", "130"),
+        *("-af", "volume='if(lt(mod(t,7),0.3),0,1)':eval=frame", "-ar", "44100", "-ac", "2", "-b:a", "128k"),
+    )
+    return {"wav": wav, "mp3": mp3}
+
+
+def spans(segments: Iterable[Segment]) -> list[tuple[int, int, int]]:
+    return [(s.index, s.start_sample, s.end_sample) for s in segments]
+
+
+def assert_same_segments(streamed: list[Segment], expected: list[Segment]) -> None:
+    """Identical indices, sample positions and sample values."""
+    assert spans(streamed) == spans(expected)
+    for got, want in zip(streamed, expected, strict=True):
+        assert got.samples.dtype == np.float32
+        assert np.array_equal(got.samples, want.samples)
+
+
+def ffmpeg_children() -> list[tuple[int, str]]:
+    """(pid, state) of this process's ffmpeg children, zombies included (from /proc: no psutil needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if comm == "ffmpeg" and int(rest[1]) == os.getpid():
+            found.append((int(stat.parent.name), rest[0]))
+    return found
+
+
+@pytest.mark.parametrize("duration", DURATIONS)
+@pytest.mark.parametrize("name", ["jfk.flac", "librispeech_1995-1837-0001.wav", "aishell_BAC009S0724W0121.wav"])
+def test_stream_matches_split_on_recordings(audio_dir: Path, name: str, duration: float) -> None:
+    """On the real recordings, stream_segments gives exactly split(decode())'s segments."""
+    path = audio_dir / name
+    assert_same_segments(list(stream_segments(path, duration)), split(decode(path), duration))
+
+
+@pytest.mark.parametrize("duration", DURATIONS)
+@pytest.mark.parametrize("kind", ["wav", "mp3"])
+def test_stream_matches_split_on_synthetic(synthetic: dict[str, Path], kind: str, duration: float) -> None:
+    """On long inputs with silent gaps (many cuts, resampled or not), the streamed cuts are split()'s."""
+    if kind not in synthetic:
+        pytest.skip("shared recordings not found")
+    path = synthetic[kind]
+    expected = split(decode(path), duration)
+    streamed = list(stream_segments(path, duration))
+    assert_same_segments(streamed, expected)
+    # Several cuts (the WAV is long enough even at 300 s), and cuts that moved back from the nominal points.
+    assert len(streamed) >= (2 if kind == "wav" or duration <= 60 else 1)
+    if duration < 60:
+        assert sum((s.end_sample - s.start_sample) % round(duration * SR) != 0 for s in streamed[:-1]) > 0
+
+
+@pytest.mark.parametrize(
+    "length", [1, FRAME, SR // 2, SR - 1, SR, SR + 1, 3 * SR - 1, 3 * SR, 3 * SR + 1, 3 * SR + SR // 2]
+)
+def test_stream_edge_lengths(tmp_path: Path, length: int) -> None:
+    """Audio ending just before, at and just after a nominal cut is cut like split() does (1 s segments)."""
+    path = write_wav(tmp_path / "edge.wav", noise(length / SR, seed=length))
+    streamed = list(stream_segments(path, 1))
+    assert_same_segments(streamed, split(decode(path), 1))
+    assert streamed[-1].end_sample == length
+    if length in (SR, 3 * SR):  # an exact multiple has no empty tail
+        assert streamed[-1].end_sample - streamed[-1].start_sample > 0
+
+
+def test_stream_all_silence(tmp_path: Path) -> None:
+    """Digital silence cuts half a frame before each nominal point, as split() does."""
+    path = write_wav(tmp_path / "silence.wav", np.zeros(25 * SR, dtype=np.float32))
+    streamed = list(stream_segments(path, 10))
+    assert [s.end_sample for s in streamed] == [10 * SR - FRAME // 2, 20 * SR - FRAME, 25 * SR]
+
+
+def test_stream_segments_are_independent_copies(synthetic: dict[str, Path]) -> None:
+    """Every segment owns its samples: no shared buffer that a later segment would overwrite."""
+    segments = list(stream_segments(synthetic["wav"], 2.5))
+    for segment in segments:
+        assert segment.samples.flags.owndata and segment.samples.flags.writeable
+    for a, b in itertools.pairwise(segments):
+        assert not np.shares_memory(a.samples, b.samples)
+    before = segments[1].samples.copy()
+    segments[0].samples[:] = 7.0
+    assert np.array_equal(segments[1].samples, before)
+
+
+def test_stream_replaces_non_finite_samples(tmp_path: Path) -> None:
+    """NaN and infinities in a float WAV become 0 and ±1, like decode(), also across read boundaries."""
+    samples = noise(5, seed=2)
+    bad = {3: np.nan, SR - 1: np.inf, SR: -np.inf, 2 * SR + 5: np.nan, 4 * SR + 17: np.inf}
+    for at, value in bad.items():
+        samples[at] = value
+    raw = tmp_path / "raw.f32"
+    raw.write_bytes(samples.astype("<f4").tobytes())
+    path = run_ffmpeg(
+        tmp_path / "nan.wav", "-f", "f32le", "-ar", str(SR), "-ac", "1", "-i", str(raw), "-c:a", "pcm_f32le"
+    )
+    streamed = list(stream_segments(path, 1.5))
+    assert_same_segments(streamed, split(decode(path), 1.5))
+    joined = np.concatenate([s.samples for s in streamed])
+    assert np.isfinite(joined).all()
+    assert [joined[at] for at in bad] == [0.0, 1.0, -1.0, 0.0, 1.0]
+
+
+def test_stream_rejects_non_positive_duration(synthetic: dict[str, Path]) -> None:
+    """A segment duration under one sample is a programming error, not an endless loop."""
+    with pytest.raises(ValueError, match="segment_duration"):
+        next(stream_segments(synthetic["wav"], 0))
+
+
+# The undecodable inputs of the decode() tests above, each with decode()'s message.
+def _text(tmp_path: Path, ffmpeg: Ffmpeg) -> Path:
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not audio\n" * 50)
+    return path
+
+
+def _empty(tmp_path: Path, ffmpeg: Ffmpeg) -> Path:
+    path = tmp_path / "empty.mp3"
+    path.write_bytes(b"")
+    return path
+
+
+def _truncated_header(tmp_path: Path, ffmpeg: Ffmpeg) -> Path:
+    path = ffmpeg("whole.flac", "-f", "lavfi", "-i", "sine=d=1")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(path.read_bytes()[:30])
+    return cut
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path, Ffmpeg], Path], str]] = {
+    "text": (_text, "not decodable audio"),
+    "empty": (_empty, "not decodable audio"),
+    "truncated header": (_truncated_header, "not decodable audio"),
+    "missing": (lambda tmp, ff: tmp / "nope.wav", "not decodable audio: No such file or directory"),
+    "video only": (
+        lambda tmp, ff: ff("v.mp4", "-f", "lavfi", "-i", "testsrc=d=1:size=64x64", "-c:v", "mpeg4"),
+        "not decodable audio: the file has no audio stream",
+    ),
+    "header only": (
+        lambda tmp, ff: ff("hdr.wav", "-f", "lavfi", "-i", "sine=d=1", "-t", "0"),
+        "the file contains no audio samples",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_stream_rejects_what_decode_rejects(tmp_path: Path, ffmpeg: Ffmpeg, kind: str) -> None:
+    """Undecodable, audio-less and empty inputs raise UnsupportedAudio with decode()'s message; no ffmpeg left."""
+    make, message = BAD_INPUTS[kind]
+    path = make(tmp_path, ffmpeg)
+    with pytest.raises(UnsupportedAudio) as from_decode:
+        decode(path)
+    with pytest.raises(UnsupportedAudio) as from_stream:
+        list(stream_segments(path, 60))
+    assert from_stream.value.message == from_decode.value.message
+    assert from_stream.value.message.startswith(message)
+    assert from_stream.value.status == 415
+    assert str(tmp_path) not in from_stream.value.message
+    assert ffmpeg_children() == []
+
+
+def test_stream_survives_a_flood_of_ffmpeg_errors(tmp_path: Path, ffmpeg: Ffmpeg) -> None:
+    """A badly corrupted MP3 makes ffmpeg log more than a pipe holds; stderr is drained, nothing deadlocks."""
+    clean = ffmpeg("tone.mp3", "-f", "lavfi", "-i", "sine=f=440:d=120", "-b:a", "64k")
+    data = bytearray(clean.read_bytes())
+    for at in range(2000, len(data), 40):
+        data[at] ^= 0x5A
+    path = tmp_path / "corrupt.mp3"
+    path.write_bytes(data)
+    stderr = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True).stderr
+    assert len(stderr) > 64 * 1024  # more than a Linux pipe buffers: an undrained stderr would block ffmpeg
+
+    result: list[list[Segment]] = []
+    worker = threading.Thread(target=lambda: result.append(list(stream_segments(path, 10))), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "stream_segments hung on a corrupt file"
+    assert_same_segments(result[0], split(decode(path), 10))
+    assert ffmpeg_children() == []
+
+
+@pytest.fixture(scope="module")
+def long_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 minutes of pink noise, 16 kHz mono 16-bit (38 MB; 77 MB decoded)."""
+    out = tmp_path_factory.mktemp("long") / "long.wav"
+    return run_ffmpeg(out, "-f", "lavfi", "-i", "anoisesrc=d=1200:c=pink:r=16000:a=0.2", "-c:a", "pcm_s16le")
+
+
+def test_stream_is_lazy(long_wav: Path) -> None:
+    """No ffmpeg before the first segment is asked for; after it, ffmpeg is still decoding (not done ahead)."""
+    segments = stream_segments(long_wav, 60)
+    assert ffmpeg_children() == []
+    first = next(segments)
+    assert (first.index, first.start_sample) == (0, 0)
+    running = ffmpeg_children()
+    assert len(running) == 1 and running[0][1] != "Z"
+    segments.close()
+
+
+def test_stream_close_midway_kills_ffmpeg(long_wav: Path) -> None:
+    """Closing the generator after one segment kills and reaps ffmpeg: no process, no zombie."""
+    segments = stream_segments(long_wav, 60)
+    next(segments)
+    [(pid, _)] = ffmpeg_children()
+    segments.close()
+    assert ffmpeg_children() == []
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_stream_consumer_exception_kills_ffmpeg(long_wav: Path) -> None:
+    """An exception in the loop consuming the segments ends ffmpeg too."""
+    seen = []
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        for segment in stream_segments(long_wav, 60):
+            seen.append(ffmpeg_children())
+            if segment.index == 2:
+                raise RuntimeError("consumer failed")
+    assert all(len(found) == 1 for found in seen)
+    assert ffmpeg_children() == []
+
+
+def test_stream_abandoned_generator_kills_ffmpeg(long_wav: Path) -> None:
+    """A generator dropped without close() is finalized and takes ffmpeg with it."""
+    segments = stream_segments(long_wav, 30)
+    next(segments)
+    assert len(ffmpeg_children()) == 1
+    del segments
+    gc.collect()
+    assert ffmpeg_children() == []
+
+
+def test_decode_timeout_kills_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input that never arrives (a FIFO nobody writes) hits the decode timeout; ffmpeg is killed."""
+    fifo = tmp_path / "stuck.wav"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(audio, "DECODE_TIMEOUT_SECONDS", 0.5)
+    started = time.monotonic()
+    with pytest.raises(UnsupportedAudio, match="took too long"):
+        list(stream_segments(fifo, 60))
+    with pytest.raises(UnsupportedAudio, match="took too long"):
+        decode(fifo)
+    assert time.monotonic() - started < 10
+    assert ffmpeg_children() == []
+
+
+# The peak is read from VmHWM, the high-water mark of this process's own memory map. getrusage's ru_maxrss
+# would not do: Linux carries the spawning process's RSS (here pytest's) over exec into the child's maximum.
+MEMORY_PROBE = """
+import json, re, sys
+from app.audio import decode, stream_segments
+def peak(): return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024
+base = peak()
+if sys.argv[2] == "stream":
+    samples = sum(len(s.samples) for s in stream_segments(sys.argv[1], 60))
+else:
+    samples = len(decode(sys.argv[1]))
+print(json.dumps({"growth": peak() - base, "samples": samples}))
+"""
+
+
+def peak_growth(path: Path, how: str) -> tuple[int, int]:
+    """(peak RSS growth in bytes over the baseline after imports, samples) of a fresh Python reading path."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", MEMORY_PROBE, str(path), how]
+    result = json.loads(subprocess.run(cmd, capture_output=True, check=True, env=env, timeout=120).stdout)
+    return int(result["growth"]), int(result["samples"])
+
+
+def test_stream_memory_is_bounded_on_long_audio(long_wav: Path) -> None:
+    """20 minutes streams in 60 s segments with a few MiB of growth; decode() holds one copy of it all."""
+    data = 1200 * SR * 4  # 73 MiB of float32
+    stream_growth, stream_samples = peak_growth(long_wav, "stream")
+    decode_growth, decode_samples = peak_growth(long_wav, "decode")
+    assert stream_samples == decode_samples == 1200 * SR
+    # Streaming: a 61 s buffer, a 60 s segment copy and a read; nowhere near the file.
+    assert stream_growth < 40 * 2**20
+    # decode(): the measurement sees the whole array, but only once (not the pipe's bytes plus the array).
+    assert 0.9 * data < decode_growth < 1.25 * data
