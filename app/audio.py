@@ -173,7 +173,10 @@ class _PcmReader:
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
             "-i", str(path),
             "-map", "0:a:0", "-vn", "-sn", "-dn",
-            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le",
+            # On a pipe ffmpeg otherwise flushes every packet: ~1.7 KB writes, 20x the syscalls of its 32 KB buffer.
+            "-flush_packets", "0",
+            "pipe:1",
         ]  # fmt: skip
         self.eof = False
         self._budget = float(DECODE_TIMEOUT_SECONDS)

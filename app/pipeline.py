@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import audio
-from app.backends import GenerationParams, GenerationRequest, StopReason
+from app.backends import GenerationParams, GenerationRequest, GenerationResult, StopReason
 from app.engine import Engine
 from app.options import TranscribeOptions
 
 ProgressCallback = Callable[[int, int], None]
+# Segments of one transcription waiting in the engine at once: enough to fill several batches.
+MAX_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -48,25 +50,39 @@ class Pipeline:
     def transcribe(
         self, path: str | Path, options: TranscribeOptions, on_progress: ProgressCallback | None = None
     ) -> Transcript:
-        """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
+        """Transcribe the file at path; on_progress(done, total) is called as segments finish.
+
+        Segments go to the engine as ffmpeg decodes them, so generation starts before decoding ends; at
+        most MAX_IN_FLIGHT of them wait at a time, which bounds the audio held in memory for a long file.
+        """
         started = time.monotonic()
-        samples = audio.decode(path)
-        segments = audio.split(samples, options.segment_duration)
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
-        requests = [GenerationRequest(s.samples, params, options.language, options.prompt) for s in segments]
-        if on_progress:
-            on_progress(0, len(segments))
-        futures = self.engine.submit(requests)
+        spans: list[tuple[int, float, float]] = []
+        futures: list[Future[GenerationResult]] = []
+        pending: set[Future[GenerationResult]] = set()
+        done_count = 0
+
+        def settle(block: bool) -> None:
+            nonlocal pending, done_count
+            done, pending = wait(pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # re-raises the first failure
+            done_count += len(done)
+            if done and on_progress:
+                on_progress(done_count, len(spans))
+
         try:
-            done_count = 0
-            not_done = set(futures)
-            while not_done:
-                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()  # re-raises the first failure
-                done_count += len(done)
+            for segment in audio.stream_segments(path, options.segment_duration):
+                spans.append((segment.index, segment.start, segment.end))
+                request = GenerationRequest(segment.samples, params, options.language, options.prompt)
+                future = self.engine.submit([request])[0]
+                futures.append(future)
+                pending.add(future)
                 if on_progress:
-                    on_progress(done_count, len(segments))
+                    on_progress(done_count, len(spans))
+                settle(block=len(pending) >= MAX_IN_FLIGHT)
+            while pending:
+                settle(block=True)
         finally:
             for future in futures:
                 future.cancel()  # no-op for finished ones; frees the worker from the rest after a failure
@@ -76,10 +92,10 @@ class Pipeline:
             texts = to_traditional(texts)
         return Transcript(
             segments=[
-                TranscriptSegment(s.index, s.start, s.end, text, r.stop_reason)
-                for s, text, r in zip(segments, texts, results, strict=True)
+                TranscriptSegment(index, start, end, text, r.stop_reason)
+                for (index, start, end), text, r in zip(spans, texts, results, strict=True)
             ],
-            duration=audio.duration_of(samples),
+            duration=spans[-1][2],
             language=options.language,
             processing_seconds=time.monotonic() - started,
         )
