@@ -140,7 +140,11 @@ class QwenOmniBackend:
         if params.min_new_tokens:
             sampling["min_new_tokens"] = params.min_new_tokens
         loops = RepetitionLoop(prompt_length, len(batch), self._eos)
-        stopping = StoppingCriteriaList([RowTokenLimits(prompt_length, limits), loops])
+        criteria: list[Any] = [RowTokenLimits(prompt_length, limits)]
+        # A forced output length (benchmarks) is the one case where a loop must run on.
+        if not params.min_new_tokens:
+            criteria.append(loops)
+        stopping = StoppingCriteriaList(criteria)
         try:
             with torch.inference_mode():
                 output = self.model.generate(
