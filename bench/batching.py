@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
-import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -41,6 +37,37 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 JFK = ROOT.parent / "shared" / "audio" / "jfk.flac"
+
+from bench.common import (  # noqa: E402
+    CpuShare,
+    base_machine,
+    build_tiny,
+    busy_note,
+    commit_label,
+    git_state,
+    load_average,
+    write_report,
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, the accelerator included."""
+    import torch
+
+    info = base_machine()
+    info["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GIB, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """<out>/<stem>.json and .md."""
+    return write_report(doc, out, doc["stem"], markdown)
+
 
 # The issue's targets, for the full-size 7B thinker on an H200.
 TARGET_SPEEDUP = 8.0
@@ -97,117 +124,7 @@ def result_stem(device: str, checkpoint_tag: str) -> str:
 # Machine and build facts ------------------------------------------------------------------------------
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class CpuShare:
-    """CPU time other processes took from this machine during the run (it may be shared with other work).
-
-    /proc/stat's busy time over all CPUs, minus this process's and its waited-for descendants' (the server,
-    ffmpeg) CPU time; Linux only, None elsewhere.
-    """
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.busy, self.own = self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float | None:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def others(self) -> dict[str, Any]:
-        """CPU seconds others used, and their share of the machine's capacity over the run."""
-        busy = self._busy()
-        if busy is None or self.busy is None:
-            return {"cpu_seconds": None, "share": None}
-        others = max(0.0, (busy - self.busy) - (self._own() - self.own))
-        capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
-        return {"cpu_seconds": round(others, 1), "share": round(others / capacity, 3)}
-
-
-def busy_note(m: dict[str, Any]) -> str | None:
-    """A warning when other processes took a noticeable share of the CPUs during the run."""
-    share = m["other_processes_cpu"]["share"]
-    if share is None or share < 0.1:
-        return None
-    return (
-        f"Other processes used {share:.0%} of this machine's CPU time during the run. torch's intra-op "
-        "(OpenMP) threads, one per CPU, stall when another process holds a CPU, so CPU generation (batched "
-        "most of all) can be several times slower than on an idle machine."
-    )
-
-
-def load_average() -> float | None:
-    """The 1-minute load average: the machine may be shared, and the numbers mean little when it is busy."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-    }
-    import torch
-
-    info["torch_threads"] = torch.get_num_threads()
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GIB, 1)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and which files under app/ and serve/ differed from it."""
-
-    def run(*cmd: str) -> str:
-        proc = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout
-
-    changed = [line[3:] for line in run("status", "--porcelain", "--", "app", "serve").splitlines() if line]
-    return {"commit": run("rev-parse", "HEAD").strip() or None, "uncommitted_changes": changed}
-
-
 # Inputs -------------------------------------------------------------------------------------------------
-
-
-def build_tiny(out: Path) -> Path:
-    """The project's tiny random-weight Qwen2.5-Omni checkpoint."""
-    tool = ROOT / "serve" / "make_tiny_checkpoint.py"
-    subprocess.run([sys.executable, str(tool), str(out)], check=True, capture_output=True)
-    return out
 
 
 def make_audio(source: Path, seconds: float, out: Path) -> Path:
@@ -543,20 +460,13 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # Output -------------------------------------------------------------------------------------------------
 
 
-def _commit(git: dict[str, Any]) -> str:
-    text = f"commit {str(git['commit'])[:10]}"
-    if git["uncommitted_changes"]:
-        text += " plus uncommitted changes in " + ", ".join(git["uncommitted_changes"])
-    return text
-
-
 def markdown(doc: dict[str, Any]) -> str:
     """A short human-readable summary of the results document."""
     m, w, model = doc["machine"], doc["workload"], doc["model"]
     lines = [
         f"# Batching benchmark: {model['checkpoint']} on {model['device']}",
         "",
-        f"`{doc['command']}` ({doc['created']}, {_commit(doc['git'])})",
+        f"`{doc['command']}` ({doc['created']}, {commit_label(doc['git'])})",
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs"
         + (f", {m['gpu']} ({m['gpu_memory_gib']} GiB)" if m.get("gpu") else ", no GPU")
@@ -606,16 +516,6 @@ def markdown(doc: dict[str, Any]) -> str:
                 "did less work than real speech would.",
             ]
     return "\n".join(lines) + "\n"
-
-
-def write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """<out>/<stem>.json and .md."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = doc["stem"]
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    md_path.write_text(markdown(doc))
-    return json_path, md_path
 
 
 def main(argv: Sequence[str] | None = None, report: Callable[[str], None] = print) -> None:

@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import json
-import os
-import platform
 import queue
 import re
 import subprocess
@@ -42,7 +39,29 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    CpuShare,
+    base_machine,
+    build_tiny,
+    busy_note,
+    commit_label,
+    git_state,
+    load_average,
+    package_version,
+    write_report,
+)
 from tests.support import JFK, Server  # noqa: E402
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the server runs on the same machine and interpreter)."""
+    return {**base_machine(), "gunicorn": package_version("gunicorn")}
+
+
+def write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """<out>/service.json and service.md."""
+    return write_report(doc, out, "service", markdown)
+
 
 REQUEST_TIMEOUT = 300.0
 LONG_TIMEOUT = 1800.0
@@ -108,99 +127,6 @@ def latency_summary(latencies: Sequence[float]) -> dict[str, Any]:
 # Machine, build, server settings ------------------------------------------------------------------------
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-class CpuShare:
-    """CPU time other processes took from this machine during the run (it may be shared with other work).
-
-    /proc/stat's busy time over all CPUs, minus this process's and its waited-for descendants' (the server,
-    ffmpeg) CPU time; Linux only, None elsewhere.
-    """
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.busy, self.own = self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float | None:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def others(self) -> dict[str, Any]:
-        """CPU seconds others used, and their share of the machine's capacity over the run."""
-        busy = self._busy()
-        if busy is None or self.busy is None:
-            return {"cpu_seconds": None, "share": None}
-        others = max(0.0, (busy - self.busy) - (self._own() - self.own))
-        capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
-        return {"cpu_seconds": round(others, 1), "share": round(others / capacity, 3)}
-
-
-def busy_note(m: dict[str, Any]) -> str | None:
-    """A warning when other processes took a noticeable share of the CPUs during the run."""
-    share = m["other_processes_cpu"]["share"]
-    if share is None or share < 0.1:
-        return None
-    return (
-        f"Other processes used {share:.0%} of this machine's CPU time during the run. torch's intra-op "
-        "(OpenMP) threads, one per CPU, stall when another process holds a CPU, so CPU generation (batched "
-        "most of all) can be several times slower than on an idle machine."
-    )
-
-
-def load_average() -> float | None:
-    """The 1-minute load average: the machine may be shared, and the numbers mean little when it is busy."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (the server runs on the same machine and interpreter)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "gunicorn": _version("gunicorn"),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and which files under app/ and serve/ differed from it."""
-
-    def run(*cmd: str) -> str:
-        proc = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout
-
-    changed = [line[3:] for line in run("status", "--porcelain", "--", "app", "serve").splitlines() if line]
-    return {"commit": run("rev-parse", "HEAD").strip() or None, "uncommitted_changes": changed}
-
-
 def server_settings(cli_args: list[str]) -> dict[str, Any]:
     """The Settings the server's own CLI builds from these flags (the server gets no ASR_* variables)."""
     spec = importlib.util.spec_from_file_location("_serve_cli", ROOT / "serve" / "qwen2_5_omni_awq.py")
@@ -219,13 +145,6 @@ def server_settings(cli_args: list[str]) -> dict[str, Any]:
 
 
 # Inputs -------------------------------------------------------------------------------------------------
-
-
-def build_tiny(out: Path) -> Path:
-    """python3 serve/make_tiny_checkpoint.py DIR."""
-    tool = ROOT / "serve" / "make_tiny_checkpoint.py"
-    subprocess.run([sys.executable, str(tool), str(out)], check=True, capture_output=True)
-    return out
 
 
 def ffmpeg_cut(source: Path, seconds: float, out: Path, *, loop: bool) -> Path:
@@ -501,13 +420,6 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # Output -------------------------------------------------------------------------------------------------
 
 
-def _commit(git: dict[str, Any]) -> str:
-    text = f"commit {str(git['commit'])[:10]}"
-    if git["uncommitted_changes"]:
-        text += " plus uncommitted changes in " + ", ".join(git["uncommitted_changes"])
-    return text
-
-
 def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -520,7 +432,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Service benchmark (tiny checkpoint)",
         "",
-        f"`{doc['command']}` ({doc['created']}, {_commit(doc['git'])})",
+        f"`{doc['command']}` ({doc['created']}, {commit_label(doc['git'])})",
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, Python {m['python']}, torch {m['torch']}, "
         f"gunicorn {m['gunicorn']}. Client and server share the machine; its 1-minute load average was "
@@ -577,15 +489,6 @@ def markdown(doc: dict[str, Any]) -> str:
     if note := busy_note(m):
         lines += ["", f"**Caution**: {note}"]
     return "\n".join(lines) + "\n"
-
-
-def write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """<out>/service.json and service.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "service.json", out / "service.md"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    md_path.write_text(markdown(doc))
-    return json_path, md_path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
