@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = replace(settings, data_dir=str(settings.data_path), checkpoint_path=checkpoint)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env()}
+    if settings.local_model:
+        # Nothing in the worker may reach the Hub, not only the model loads that pass local_files_only.
+        env.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [
         sys.executable, "-m", "gunicorn",
         "--config", str(ROOT / "serve" / "gunicorn_conf.py"),
