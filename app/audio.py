@@ -270,11 +270,6 @@ def _ffmpeg_reason(stderr: bytes) -> str:
     return lines[-1].split(": ", 1)[-1][:300]
 
 
-def duration_of(samples: np.ndarray) -> float:
-    """Length of decoded audio in seconds."""
-    return len(samples) / SAMPLE_RATE
-
-
 def split(samples: np.ndarray, segment_duration: float) -> list[Segment]:
     """Cut audio into segments of at most segment_duration seconds that cover the whole file.
 
