@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import srt
+import webvtt
 
 from app.pipeline import Transcript
 
@@ -50,18 +51,45 @@ def render_text(transcript: Transcript) -> str:
 
 
 def render_srt(transcript: Transcript) -> str:
-    """One SubRip cue per non-empty segment, timed by the segment's real position in the audio."""
-    cues = [
+    """SubRip subtitles: the transcript's cues (see app.subtitles), numbered from 1."""
+    from app import subtitles  # here, not at the top: subtitles builds on this module's text helpers
+
+    items = [
         srt.Subtitle(
             index=0,
-            start=timedelta(seconds=segment.start),
-            end=timedelta(seconds=segment.end),
-            content=content,
+            start=timedelta(milliseconds=cue.start_ms),
+            end=timedelta(milliseconds=cue.end_ms),
+            content=cue.text,
         )
-        for segment in transcript.segments
-        if (content := cue_text(segment.text))
+        for cue in subtitles.cues(transcript)
     ]
-    return str(srt.compose(cues, reindex=True, start_index=1))
+    return str(srt.compose(items, reindex=True, start_index=1))
+
+
+def render_vtt(transcript: Transcript) -> str:
+    """WebVTT subtitles: the transcript's cues (see app.subtitles), text escaped for VTT."""
+    from app import subtitles  # here, not at the top: subtitles builds on this module's text helpers
+
+    captions = [
+        webvtt.Caption(
+            _vtt_timestamp(cue.start_ms), _vtt_timestamp(cue.end_ms), [_vtt_escape(line) for line in cue.lines]
+        )
+        for cue in subtitles.cues(transcript)
+    ]
+    return webvtt.WebVTT(captions=captions).content
+
+
+def _vtt_timestamp(ms: int) -> str:
+    """A WebVTT timestamp, HH:MM:SS.mmm (hours grow past two digits when they must)."""
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+
+
+def _vtt_escape(line: str) -> str:
+    """Cue text for VTT: & < > escaped, so the text is shown as is and never read as a tag or entity."""
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def cue_text(text: str) -> str:

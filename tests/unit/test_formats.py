@@ -1,13 +1,15 @@
-"""app.formats: joining segment texts and rendering text, SRT and JSON views."""
+"""app.formats: joining segment texts and rendering text, SRT, VTT and JSON views."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
 import srt
+import webvtt
 
-from app.formats import join_text, render_srt, render_text, segments_json
+from app.formats import join_text, render_srt, render_text, render_vtt, segments_json
 from app.pipeline import Transcript, TranscriptSegment
 
 
@@ -70,21 +72,38 @@ def test_render_text_empty() -> None:
 
 
 def test_render_srt_cues_match_segments() -> None:
-    """One cue per non-empty segment, numbered from 1, timed by the segment positions."""
+    """Short segments give one cue each, numbered from 1, timed by the segment positions."""
     t = transcript(
-        (0.0, 58.5, "First part."),
-        (58.5, 61.0, "   "),
-        (61.0, 119.2345, "Second part."),
-        (119.2345, 3725.75, "广州市房地产中介协会分析"),
+        (0.0, 5.5, "First part."),
+        (5.5, 8.0, "   "),
+        (8.0, 11.2345, "Second part."),
+        (11.2345, 15.75, "广州市房地产中介协会分析"),
     )
     cues = list(srt.parse(render_srt(t)))
     assert [c.index for c in cues] == [1, 2, 3]
     assert [c.content for c in cues] == ["First part.", "Second part.", "广州市房地产中介协会分析"]
-    expected = [(0.0, 58.5), (61.0, 119.2345), (119.2345, 3725.75)]
+    expected = [(0.0, 5.5), (8.0, 11.2345), (11.2345, 15.75)]
     for cue, (start, end) in zip(cues, expected, strict=True):
         # SubRip has millisecond resolution.
         assert abs(cue.start - timedelta(seconds=start)) < timedelta(milliseconds=1)
         assert abs(cue.end - timedelta(seconds=end)) < timedelta(milliseconds=1)
+
+
+def test_render_srt_wraps_long_segments_into_subtitle_cues() -> None:
+    """A long segment is split into cues of at most two 42-character lines, none over 7 seconds."""
+    text = (
+        "The committee met on Tuesday to discuss the budget. Everyone agreed that costs had to come down soon. "
+        "The vote will take place next month."
+    )
+    cues = list(srt.parse(render_srt(transcript((0.0, 15.0, text)))))
+    assert [c.content for c in cues] == [
+        "The committee met on Tuesday\nto discuss the budget.",
+        "Everyone agreed that costs\nhad to come down soon.",
+        "The vote will take place next month.",
+    ]
+    assert all(c.end - c.start <= timedelta(seconds=7) for c in cues)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(cues))
+    assert cues[0].start == timedelta(0) and cues[-1].end == timedelta(seconds=15)
 
 
 def test_render_srt_text_form() -> None:
@@ -108,7 +127,7 @@ def test_segments_json() -> None:
 
 
 def test_srt_cues_never_contain_blank_or_carriage_return_lines() -> None:
-    """Model output with CR and whitespace-only lines still yields one well-formed cue per segment."""
+    """Model output with CR and whitespace-only lines is re-wrapped: its line breaks are only whitespace."""
     transcript = Transcript(
         segments=[
             TranscriptSegment(0, 0.0, 2.0, "a\n \nb\r\n\r\nc\rd"),
@@ -119,6 +138,37 @@ def test_srt_cues_never_contain_blank_or_carriage_return_lines() -> None:
         language=None,
         processing_seconds=0.0,
     )
-    cues = list(srt.parse(render_srt(transcript)))
-    assert [c.content for c in cues] == ["a\nb\nc\nd", "e"]
+    out = render_srt(transcript)
+    assert "\r" not in out and "\n\n\n" not in out
+    cues = list(srt.parse(out))
+    assert [c.content for c in cues] == ["a b c d", "e"]
     assert [c.start.total_seconds() for c in cues] == [0.0, 4.0]
+
+
+def test_render_vtt_text_form() -> None:
+    """WebVTT: the header, then cues with HH:MM:SS.mmm timestamps."""
+    out = render_vtt(transcript((1.5, 4.25, "Hello."), (3661.0, 3662.5, "Later.")))
+    assert out == "WEBVTT\n\n00:00:01.500 --> 00:00:04.250\nHello.\n\n01:01:01.000 --> 01:01:02.500\nLater.\n"
+
+
+def test_render_vtt_all_empty() -> None:
+    """No non-empty segments gives the header alone, which parses to no captions."""
+    out = render_vtt(transcript((0.0, 3.0, ""), (3.0, 6.0, " \r\n ")))
+    assert out == "WEBVTT\n"
+    assert webvtt.from_string(out).captions == []
+
+
+def test_render_vtt_escapes_markup_and_arrows() -> None:
+    """&, < and > are escaped, so tags in the text are shown rather than applied; no "-->" is left in cue text."""
+    out = render_vtt(transcript((0.0, 2.0, "a --> b <b>bold</b> & co")))
+    assert out == "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\na → b &lt;b&gt;bold&lt;/b&gt; &amp; co\n"
+    [caption] = webvtt.from_string(out, strict=True).captions
+    assert caption.raw_text == "a → b &lt;b&gt;bold&lt;/b&gt; &amp; co"
+
+
+def test_render_srt_replaces_arrows() -> None:
+    """SubRip text never holds "-->", which would read as a timing line; other characters are left as they are."""
+    out = render_srt(transcript((0.0, 2.0, "a --> b <i>x</i> & --->")))
+    assert out.count("-->") == 1
+    [cue] = srt.parse(out)
+    assert cue.content == "a → b <i>x</i> & -→"
