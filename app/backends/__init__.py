@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from functools import cached_property
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -18,6 +19,13 @@ TOKEN_MARGIN = 32
 # larger rate, so a batch's token budget is never underestimated.
 AUDIO_TOKENS_PER_SECOND = 25
 PROMPT_TOKENS = 40
+# A chat turn's own tokens (<|im_start|>role, newlines, <|im_end|>), and an audio part's begin and end markers.
+MESSAGE_TOKENS = 8
+AUDIO_MARKER_TOKENS = 2
+# Byte-level BPE averages about 4 UTF-8 bytes per English token and about 3 (one character) per Chinese one:
+# counting a token per 3 bytes rarely underestimates.
+BYTES_PER_TOKEN = 3
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
 
 StopReason = Literal["eos", "max_tokens", "repetition"]
 
@@ -33,26 +41,102 @@ class GenerationParams:
     min_new_tokens: int = 0
 
 
+def audio_tokens(samples: np.ndarray) -> int:
+    """Upper estimate of the prompt tokens one audio expands to."""
+    return math.ceil(len(samples) / SAMPLE_RATE * AUDIO_TOKENS_PER_SECOND)
+
+
+@dataclass(frozen=True, eq=False)
+class ChatPrompt:
+    """A conversation for the thinker: processor-format messages plus the audio for their audio parts."""
+
+    # [{"role": "system" | "user" | "assistant", "content": [part, ...]}], each part {"type": "text", "text": str}
+    # or {"type": "audio"}; a plain string content is one text part.
+    messages: list[dict[str, Any]]
+    # 16 kHz mono float32, one per {"type": "audio"} part, in message order.
+    audios: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        # Checked here, in the request's own thread: a malformed conversation must never reach the worker,
+        # where it would fail the whole batch it shares with other requests.
+        if not self.messages:
+            raise ValueError("a chat needs at least one message")
+        parts = 0
+        for message in self.messages:
+            if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+                raise ValueError(f"each message needs a role among {sorted(CHAT_ROLES)}")
+            content = message.get("content")
+            if isinstance(content, str):
+                continue
+            if not isinstance(content, list):
+                raise ValueError("a message's content must be a string or a list of parts")
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "audio":
+                    parts += 1
+                elif kind != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError('each content part must be {"type": "text", "text": str} or {"type": "audio"}')
+        if parts != len(self.audios):
+            raise ValueError(f"the messages have {parts} audio parts but {len(self.audios)} audios were given")
+        for audio in self.audios:
+            if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+                raise ValueError("each audio must be a 1-D array of 16 kHz mono samples")
+
+    @cached_property
+    def estimated_tokens(self) -> int:
+        """Upper estimate of the prompt length: template, text and audio (cached: the engine asks often)."""
+        texts = 0
+        for message in self.messages:
+            content = message["content"]
+            pieces = [content] if isinstance(content, str) else [p["text"] for p in content if p["type"] == "text"]
+            texts += sum(len(piece.encode()) for piece in pieces)
+        # The backend pads audio shorter than a second to a second.
+        audio = sum(max(audio_tokens(a), AUDIO_TOKENS_PER_SECOND) + AUDIO_MARKER_TOKENS for a in self.audios)
+        return PROMPT_TOKENS + MESSAGE_TOKENS * len(self.messages) + math.ceil(texts / BYTES_PER_TOKEN) + audio
+
+
 @dataclass(frozen=True, eq=False)
 class GenerationRequest:
-    """One segment of 16 kHz mono audio to turn into text."""
+    """One segment of 16 kHz mono audio to turn into text, or (chat set) a conversation to answer."""
 
     samples: np.ndarray
     params: GenerationParams
     language: str | None = None
     prompt: str | None = None
+    chat: ChatPrompt | None = None
+    # Streams the text as it is generated. Called on the inference worker thread, zero or more times during
+    # generation and once more as it ends (before the result is returned), with each new non-empty piece of
+    # decoded text, in order. For stop_reason "eos" or "max_tokens" the pieces joined are exactly the
+    # result's text before .strip(); for "repetition" they run on to where the loop was detected, and the
+    # result's text before .strip() is a prefix of them (streamed text cannot be taken back). It must be
+    # quick: every row of the batch waits for it. An exception from it is logged and ends this request's
+    # streaming, never its generation. If generation fails, what was streamed stands; a retry (a smaller
+    # batch after running out of memory) streams only what comes after it, and should a sampled retry
+    # diverge from it, streaming ends there (logged) while the result stands.
+    on_text: Callable[[str], None] | None = None
+
+    @classmethod
+    def for_chat(
+        cls, chat: ChatPrompt, params: GenerationParams, on_text: Callable[[str], None] | None = None
+    ) -> GenerationRequest:
+        """A request to answer a conversation (its audio lives in chat, not in samples)."""
+        return cls(np.zeros(0, dtype=np.float32), params, chat=chat, on_text=on_text)
 
     @property
     def token_limit(self) -> int:
-        """New tokens allowed: the client's max_new_tokens, capped from the segment's length."""
+        """New tokens allowed: the client's max_new_tokens, for a segment capped from its length."""
+        if self.chat is not None:
+            # An answer's length has nothing to do with its audio's: no runaway guard.
+            return max(self.params.min_new_tokens, self.params.max_new_tokens)
         guard = math.ceil(len(self.samples) / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + TOKEN_MARGIN
         return max(self.params.min_new_tokens, min(self.params.max_new_tokens, guard))
 
     @property
     def cost(self) -> int:
-        """Upper estimate of the sequence length this segment occupies in a batch (prompt, audio, output)."""
-        audio = math.ceil(len(self.samples) / SAMPLE_RATE * AUDIO_TOKENS_PER_SECOND)
-        return PROMPT_TOKENS + audio + self.token_limit
+        """Upper estimate of the sequence length this request occupies in a batch (prompt, audio, output)."""
+        if self.chat is not None:
+            return self.chat.estimated_tokens + self.token_limit
+        return PROMPT_TOKENS + audio_tokens(self.samples) + self.token_limit
 
 
 @dataclass(frozen=True)
@@ -63,6 +147,8 @@ class GenerationResult:
     stop_reason: StopReason
     # New tokens kept for this segment (after trimming a loop).
     tokens: int = 0
+    # The row's prompt length in tokens (template, text and audio), without padding.
+    prompt_tokens: int = 0
 
 
 class BackendOutOfMemory(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +12,14 @@ import numpy as np
 
 from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, StopReason
 from app.backends.loading import thinker_loading
-from app.backends.stopping import RepetitionLoop, RowTokenLimits, trim_repetition
+from app.backends.stopping import (
+    RepetitionLoop,
+    RowTokenLimits,
+    StreamState,
+    TextStream,
+    row_output,
+    trim_repetition,
+)
 from app.devices import resolve_device
 from app.options import LANGUAGES
 from app.settings import Settings
@@ -60,6 +69,13 @@ class QwenOmniBackend:
         ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self._eos = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[-1]
+        # Client text must not carry the template's special tokens: a stray audio or image placeholder, or an
+        # audio start marker, would fail the processor or the position ids of the whole shared batch.
+        special = sorted((t.content for t in tokenizer.added_tokens_decoder.values() if t.special), key=len)
+        self._special = re.compile("|".join(re.escape(t) for t in reversed(special))) if special else None
+        # What each streaming request's callback was given, so a retry of the request resumes after it. The
+        # state holds no callback, so nothing in it keeps its request alive.
+        self._streams: weakref.WeakKeyDictionary[GenerationRequest, StreamState] = weakref.WeakKeyDictionary()
 
     @classmethod
     def load(cls, settings: Settings) -> QwenOmniBackend:
@@ -113,26 +129,15 @@ class QwenOmniBackend:
         return cls(model, processor, device, variant.task)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Transcribe a batch of segments in one generate call (left padding), each with its own token limit."""
+        """Answer a batch of segments and chats in one generate call (left padding), each with its own token limit."""
         import torch
         from transformers import StoppingCriteriaList
 
         params = batch[0].params
-        texts = [
-            self.processor.apply_chat_template(
-                conversation(self.task, r.language, r.prompt), add_generation_prompt=True, tokenize=False
-            )
-            for r in batch
-        ]
-        audio = [_at_least(r.samples, MIN_SAMPLES) for r in batch]
-        # Pad features to the longest segment in this batch, not to the extractor's 300 s default.
-        longest = max(len(a) for a in audio)
-        inputs = self.processor(
-            text=texts, audio=audio, return_tensors="pt", padding=True, audio_kwargs={"max_length": longest}
-        )
-        inputs = inputs.to(self.model.device)
-        inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        inputs = self._inputs(batch)
         prompt_length = inputs["input_ids"].shape[1]
+        # Left padding: a row's own prompt is its unmasked positions.
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         limits = [r.token_limit for r in batch]
         sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
         if params.temperature > 0:
@@ -144,6 +149,11 @@ class QwenOmniBackend:
         # A forced output length (benchmarks) is the one case where a loop must run on.
         if not params.min_new_tokens:
             criteria.append(loops)
+        callbacks = {i: r.on_text for i, r in enumerate(batch) if r.on_text is not None}
+        states = {i: self._streams.setdefault(batch[i], StreamState()) for i in callbacks}
+        stream = TextStream(prompt_length, callbacks, limits, self._eos, self._decode, states) if callbacks else None
+        if stream is not None:
+            criteria.append(stream)
         stopping = StoppingCriteriaList(criteria)
         try:
             with torch.inference_mode():
@@ -161,22 +171,66 @@ class QwenOmniBackend:
             torch.cuda.empty_cache()
             raise BackendOutOfMemory(str(exc)) from None
         rows = output[:, prompt_length:].tolist()
+        if stream is not None:
+            stream.finish(rows)
         return [
-            self._result(row, limit, bool(looped))
-            for row, limit, looped in zip(rows, limits, loops.detected.tolist(), strict=True)
+            self._result(row, limit, bool(looped), prompt)
+            for row, limit, looped, prompt in zip(rows, limits, loops.detected.tolist(), prompt_tokens, strict=True)
         ]
 
-    def _result(self, ids: list[int], limit: int, looped: bool) -> GenerationResult:
+    def _inputs(self, batch: Sequence[GenerationRequest]) -> Any:
+        """The processor's tensors for a batch on the model's device: one prompt per row, left padded."""
+        texts: list[str] = []
+        audio: list[np.ndarray] = []
+        for r in batch:
+            if r.chat is not None:
+                messages, clips = r.chat.messages, r.chat.audios
+            else:
+                messages, clips = conversation(self.task, r.language, r.prompt), [r.samples]
+            texts.append(
+                self.processor.apply_chat_template(self._plain(messages), add_generation_prompt=True, tokenize=False)
+            )
+            audio.extend(_at_least(a, MIN_SAMPLES) for a in clips)
+        # The processor fills the audio placeholders of all rows, in order, from this one flat list.
+        audio_inputs: dict[str, Any] = {}
+        if audio:
+            # Pad features to the longest audio in this batch, not to the extractor's 300 s default.
+            longest = max(len(a) for a in audio)
+            audio_inputs = {"audio": audio, "audio_kwargs": {"max_length": longest}}
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, **audio_inputs)
+        inputs = inputs.to(self.model.device)
+        if "input_features" in inputs:
+            inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        return inputs
+
+    def _result(self, ids: list[int], limit: int, looped: bool, prompt_tokens: int = 0) -> GenerationResult:
         """Decode one row: up to where it ended, with a looping tail trimmed to one copy of its pattern."""
-        # Rows that stop early are padded with the pad token, which is also an end token: only an end
-        # token inside the row's own limit, in a row that did not loop, is the model ending its turn.
-        end = next((i for i, token in enumerate(ids) if token in self._eos), len(ids))
-        ids = ids[: min(end, limit)]
-        reason: StopReason = "eos" if end < limit and not looped else "max_tokens"
+        ids, ended = row_output(ids, self._eos, limit)
+        # A row that looped was stopped by the loop check, not ended by the model.
+        reason: StopReason = "eos" if ended and not looped else "max_tokens"
         if looped and (trimmed := trim_repetition(ids)) is not None:
             ids, reason = trimmed, "repetition"
-        text = self.processor.decode(ids, skip_special_tokens=True)
-        return GenerationResult(text.strip(), reason, len(ids))
+        return GenerationResult(self._decode(ids).strip(), reason, len(ids), prompt_tokens)
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of new token ids, special tokens left out (results and streamed pieces alike)."""
+        return str(self.processor.decode(ids, skip_special_tokens=True))
+
+    def _plain(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """messages rebuilt from roles, text and audio parts alone, the text free of special tokens."""
+        # Only what ChatPrompt checked reaches the template: other keys (image_url, name...) could make it
+        # render placeholders the batch has no data for.
+        strip = self._special.sub if self._special is not None else (lambda _, text: text)
+
+        def part(p: dict[str, Any]) -> dict[str, Any]:
+            return {"type": "text", "text": strip("", p["text"])} if p["type"] == "text" else {"type": "audio"}
+
+        out = []
+        for message in messages:
+            content = message["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            out.append({"role": message["role"], "content": [part(p) for p in parts]})
+        return out
 
     def close(self) -> None:
         """Drop the model and processor."""
