@@ -47,8 +47,10 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     app.extensions["asr"] = services
 
     from app.api import bp
+    from app.openai_api import bp as openai_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
     register_error_handlers(app)
     services.start()
     return app

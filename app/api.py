@@ -5,37 +5,30 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
 from app import audio
 from app.devices import gpu_memory
-from app.errors import JobNotFound, MissingFile
-from app.formats import render_srt, render_text, segments_json
+from app.errors import JobNotFound
+from app.formats import render_srt, render_text, render_vtt, segments_json
 from app.jobs import new_job_id
 from app.options import TranscribeOptions, parse_options
 from app.outputs import now_iso, save_transcript
 from app.pipeline import Transcript
 from app.services import Services
+from app.uploads import current_services, local_path, uploaded_file
 
 bp = Blueprint("api", __name__)
-
-
-def _services() -> Services:
-    services: Services = current_app.extensions["asr"]
-    return services
 
 
 @bp.get("/health")
 def health() -> Response:
     """Liveness plus model, device and job figures; never waits on the model."""
-    services = _services()
+    services = current_services()
     model = services.engine.status()
     gpu, allocated, reserved = gpu_memory()
     counts = services.jobs.counts()
@@ -60,15 +53,6 @@ def health() -> Response:
     )
 
 
-def _upload() -> FileStorage:
-    file = request.files.get("file")
-    if file is None:
-        fields = sorted(request.files.keys())
-        hint = f" (got file field(s): {', '.join(fields)})" if fields else ""
-        raise MissingFile(f"no audio uploaded: send it as the multipart form field 'file'{hint}")
-    return file
-
-
 def _stem(file: FileStorage) -> str:
     """The upload's name without directories or extension, for naming the attachment only."""
     raw = file.filename or ""
@@ -84,29 +68,11 @@ def _options(services: Services) -> TranscribeOptions:
     return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
 
 
-@contextmanager
-def _local_path(file: FileStorage) -> Iterator[Path]:
-    """A path ffmpeg can read for the upload; temporary copies are removed on every path."""
-    name = getattr(file.stream, "name", None)
-    if isinstance(name, str) and os.path.isfile(name):
-        # Already streamed to a temp file under the data dir by UploadRequest: no second copy.
-        file.stream.flush()
-        yield Path(name)
-        return
-    fd, tmp = tempfile.mkstemp(prefix="upload-", dir=_services().uploads_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(file.stream, out, 1024 * 1024)
-        yield Path(tmp)
-    finally:
-        os.unlink(tmp)
-
-
 def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     """Validate, transcribe the upload, write the output file; returns transcript, text and output name."""
-    services = _services()
+    services = current_services()
     options = _options(services)
-    with _local_path(file) as path:
+    with local_path(file) as path:
         transcript = services.pipeline.transcribe(path, options)
     text, output_file = save_transcript(services.outputs_dir, transcript)
     return transcript, text, output_file
@@ -123,7 +89,7 @@ def _attachment(body: str, filename: str, mimetype: str, output_file: str) -> Re
 @bp.post("/transcribe")
 def transcribe_text() -> Response:
     """The transcript as a text/plain attachment named after the upload."""
-    file = _upload()
+    file = uploaded_file()
     transcript, _, output_file = _run_sync(file)
     return _attachment(render_text(transcript), f"{_stem(file)}.txt", "text/plain", output_file)
 
@@ -131,7 +97,7 @@ def transcribe_text() -> Response:
 @bp.post("/transcribe/json")
 def transcribe_json() -> Response:
     """The transcript with its segments as JSON."""
-    transcript, text, output_file = _run_sync(_upload())
+    transcript, text, output_file = _run_sync(uploaded_file())
     return jsonify(
         {
             "status": "success",
@@ -148,23 +114,31 @@ def transcribe_json() -> Response:
 
 @bp.post("/transcribe/srt")
 def transcribe_srt() -> Response:
-    """The transcript as a SubRip attachment, one cue per segment at its real position."""
-    file = _upload()
+    """The transcript as a SubRip attachment, in subtitle-sized cues within each segment's span."""
+    file = uploaded_file()
     transcript, _, output_file = _run_sync(file)
     return _attachment(render_srt(transcript), f"{_stem(file)}.srt", "application/x-subrip; charset=utf-8", output_file)
+
+
+@bp.post("/transcribe/vtt")
+def transcribe_vtt() -> Response:
+    """The transcript as a WebVTT attachment, with the same cues as the SRT."""
+    file = uploaded_file()
+    transcript, _, output_file = _run_sync(file)
+    return _attachment(render_vtt(transcript), f"{_stem(file)}.vtt", "text/vtt; charset=utf-8", output_file)
 
 
 @bp.post("/transcribe/async")
 def transcribe_async() -> tuple[Response, int]:
     """Queue a job; the upload is kept under the data dir until the job ends."""
-    services = _services()
-    file = _upload()
+    services = current_services()
+    file = uploaded_file()
     options = _options(services)
     job_id = new_job_id()
     audio_path = services.runner.audio_path(job_id)
     audio_path.parent.mkdir(parents=True)
     try:
-        with _local_path(file) as path:
+        with local_path(file) as path:
             # Reject what is plainly not audio now, rather than as a failed job later.
             audio.probe(path)
             _keep(path, audio_path)
@@ -190,7 +164,7 @@ def _keep(source: Path, target: Path) -> None:
 @bp.get("/status/<job_id>")
 def job_status(job_id: str) -> Response:
     """A job's state and progress; the transcription once completed, the error once failed."""
-    job = _services().jobs.get(job_id)
+    job = current_services().jobs.get(job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     body: dict[str, Any] = {

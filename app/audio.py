@@ -10,7 +10,7 @@ import select
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -88,7 +88,7 @@ def decode(path: str | Path) -> np.ndarray:
     return samples
 
 
-def stream_segments(path: str | Path, segment_duration: float) -> Iterator[Segment]:
+def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segment, None, None]:
     """Decode and cut in one pass: the segments split(decode(path), segment_duration) gives, as they decode.
 
     One ffmpeg process decodes straight to 16 kHz mono float32 on a pipe. It is read a second at a time

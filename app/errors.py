@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -16,6 +16,8 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    # The request field at fault, when there is one (OpenAI's envelope reports it as "param").
+    param: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,6 +35,7 @@ class MissingFile(InvalidRequest):
     """No `file` field in the multipart body."""
 
     code = "missing_file"
+    param = "file"
 
 
 class InvalidOption(InvalidRequest):
@@ -43,6 +46,7 @@ class InvalidOption(InvalidRequest):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.param = field
 
 
 class UploadTooLarge(ServiceError):
@@ -64,6 +68,14 @@ class JobNotFound(ServiceError):
 
     status = 404
     code = "job_not_found"
+
+
+class ModelNotFound(ServiceError):
+    """The request names a model this server does not serve."""
+
+    status = 404
+    code = "model_not_found"
+    param = "model"
 
 
 class ModelUnavailable(ServiceError):
@@ -92,8 +104,36 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"status": "error", "error": {"code": code, "message": message}}
 
 
-def _json_error(status: int, code: str, message: str) -> Response:
-    response = jsonify(error_body(code, message))
+def openai_error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope, with the type OpenAI gives that status."""
+    return {"error": {"message": message, "type": _openai_type(status), "param": param, "code": code}}
+
+
+def _openai_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error"
+
+
+# OpenAI answers an undecodable upload with 400, not 415: its SDKs map 400 to BadRequestError.
+_OPENAI_STATUS = {415: 400}
+
+
+def is_openai_route() -> bool:
+    """Whether this request is on the OpenAI-compatible API, whose errors use OpenAI's envelope."""
+    return has_request_context() and (request.path == "/v1" or request.path.startswith("/v1/"))
+
+
+def _json_error(status: int, code: str, message: str, param: str | None = None) -> Response:
+    if is_openai_route():
+        status = _OPENAI_STATUS.get(status, status)
+        response = jsonify(openai_error_body(status, code, message, param))
+    else:
+        response = jsonify(error_body(code, message))
     response.status_code = status
     return response
 
@@ -115,7 +155,7 @@ def register_error_handlers(app: Flask) -> None:
     def _service_error(exc: ServiceError) -> Response:
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return _json_error(exc.status, exc.code, exc.message)
+        return _json_error(exc.status, exc.code, exc.message, exc.param)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

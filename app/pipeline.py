@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app import audio
 from app.backends import GenerationParams, GenerationRequest, GenerationResult, StopReason
@@ -50,17 +52,31 @@ class Pipeline:
     def transcribe(
         self, path: str | Path, options: TranscribeOptions, on_progress: ProgressCallback | None = None
     ) -> Transcript:
-        """Transcribe the file at path; on_progress(done, total) is called as segments finish.
+        """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
+        started = time.monotonic()
+        segments = list(self.segments(path, options, on_progress))
+        return Transcript(
+            segments=segments,
+            duration=segments[-1].end,
+            language=options.language,
+            processing_seconds=time.monotonic() - started,
+        )
+
+    def segments(
+        self, path: str | Path, options: TranscribeOptions, on_progress: ProgressCallback | None = None
+    ) -> Generator[TranscriptSegment, None, None]:
+        """Transcribed segments of the file at path, yielded in order as soon as each and those before it finish.
 
         Segments go to the engine as ffmpeg decodes them, so generation starts before decoding ends; at
         most MAX_IN_FLIGHT of them wait at a time, which bounds the audio held in memory for a long file.
+        Closing the iterator early (a client went away) cancels the segments still waiting.
         """
-        started = time.monotonic()
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
         spans: list[tuple[int, float, float]] = []
         futures: list[Future[GenerationResult]] = []
         pending: set[Future[GenerationResult]] = set()
         done_count = 0
+        emitted = 0
 
         def settle(block: bool) -> None:
             nonlocal pending, done_count
@@ -70,6 +86,16 @@ class Pipeline:
             done_count += len(done)
             if done and on_progress:
                 on_progress(done_count, len(spans))
+
+        def ready() -> Iterator[TranscriptSegment]:
+            """The finished segments not yet yielded that have no unfinished segment before them."""
+            nonlocal emitted
+            while emitted < len(futures) and futures[emitted].done():
+                index, start, end = spans[emitted]
+                result = futures[emitted].result()
+                text = to_traditional([result.text])[0] if options.enable_s2t else result.text
+                emitted += 1
+                yield TranscriptSegment(index, start, end, text, result.stop_reason)
 
         try:
             for segment in audio.stream_segments(path, options.segment_duration):
@@ -81,29 +107,24 @@ class Pipeline:
                 if on_progress:
                     on_progress(done_count, len(spans))
                 settle(block=len(pending) >= MAX_IN_FLIGHT)
+                yield from ready()
             while pending:
                 settle(block=True)
+                yield from ready()
         finally:
             for future in futures:
                 future.cancel()  # no-op for finished ones; frees the worker from the rest after a failure
-        results = [f.result() for f in futures]
-        texts = [r.text for r in results]
-        if options.enable_s2t:
-            texts = to_traditional(texts)
-        return Transcript(
-            segments=[
-                TranscriptSegment(index, start, end, text, r.stop_reason)
-                for (index, start, end), text, r in zip(spans, texts, results, strict=True)
-            ],
-            duration=spans[-1][2],
-            language=options.language,
-            processing_seconds=time.monotonic() - started,
-        )
+
+
+@functools.cache
+def _s2t() -> Any:
+    """OpenCC's Simplified-to-Traditional converter, built once: segments are converted one at a time."""
+    import opencc
+
+    return opencc.OpenCC("s2t")
 
 
 def to_traditional(texts: list[str]) -> list[str]:
     """Simplified to Traditional Chinese with OpenCC."""
-    import opencc
-
-    converter = opencc.OpenCC("s2t")
+    converter = _s2t()
     return [converter.convert(t) for t in texts]

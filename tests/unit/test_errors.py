@@ -14,6 +14,7 @@ from app.errors import (
     InvalidRequest,
     JobNotFound,
     MissingFile,
+    ModelNotFound,
     ModelUnavailable,
     OutOfMemory,
     ServiceError,
@@ -33,6 +34,7 @@ from app.errors import (
         (UploadTooLarge, 413, "upload_too_large"),
         (UnsupportedAudio, 415, "unsupported_audio"),
         (JobNotFound, 404, "job_not_found"),
+        (ModelNotFound, 404, "model_not_found"),
         (ModelUnavailable, 503, "model_unavailable"),
         (InferenceFailed, 500, "inference_failed"),
         (OutOfMemory, 503, "out_of_memory"),
@@ -71,6 +73,7 @@ def test_every_subclass_is_covered() -> None:
         "OutOfMemory",
         "UnsupportedAudio",
         "JobNotFound",
+        "ModelNotFound",
         "ModelUnavailable",
         "InferenceFailed",
     }
@@ -93,6 +96,22 @@ def client() -> FlaskClient:
     @app.get("/model")
     def model() -> str:
         raise ModelUnavailable("model could not be loaded: OSError: no such checkpoint")
+
+    @app.post("/v1/option")
+    def openai_option() -> str:
+        raise InvalidOption("temperature", "must be a number in [0, 2], got 3.0")
+
+    @app.post("/v1/audio")
+    def openai_audio() -> str:
+        raise UnsupportedAudio("ffmpeg cannot decode the upload")
+
+    @app.get("/v1/model")
+    def openai_model() -> str:
+        raise ModelUnavailable("model could not be loaded: OSError: no such checkpoint")
+
+    @app.get("/v1/boom")
+    def openai_boom() -> str:
+        raise RuntimeError("secret internal detail")
 
     @app.get("/boom")
     def boom() -> str:
@@ -177,3 +196,40 @@ def test_unexpected_exception_is_opaque_500(client: FlaskClient, caplog: pytest.
     assert "secret internal detail" not in text
     assert "RuntimeError" not in text
     assert any(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)
+
+
+def test_openai_routes_use_openai_envelope_with_param(client: FlaskClient) -> None:
+    """Under /v1 an option error is OpenAI's envelope, the field in param."""
+    response = client.post("/v1/option")
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": {
+            "message": "temperature: must be a number in [0, 2], got 3.0",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "invalid_option",
+        }
+    }
+
+
+def test_openai_statuses_and_types(client: FlaskClient) -> None:
+    """Undecodable audio is OpenAI's 400; server faults are server_error; routing misses keep the envelope."""
+    audio = client.post("/v1/audio")
+    assert audio.status_code == 400 and audio.get_json()["error"]["code"] == "unsupported_audio"
+    model = client.get("/v1/model")
+    assert model.status_code == 503 and model.get_json()["error"]["type"] == "server_error"
+    boom = client.get("/v1/boom")
+    assert boom.status_code == 500 and "secret" not in boom.get_data(as_text=True)
+    assert boom.get_json()["error"] == {
+        "message": "internal server error",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+    wrong = client.get("/v1/option")
+    assert wrong.status_code == 405 and wrong.get_json()["error"]["type"] == "invalid_request_error"
+    assert "POST" in wrong.headers["Allow"]
+    # A path that merely starts with "v1" is native.
+    assert client.get("/v1x").get_json()["status"] == "error"

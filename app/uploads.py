@@ -1,0 +1,84 @@
+"""What every upload route shares: the app's services, the uploaded file and a local path to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flask import current_app, request
+from werkzeug.datastructures import FileStorage
+
+from app.errors import MissingFile
+from app.services import Services
+
+
+def current_services() -> Services:
+    """The services of the app handling this request."""
+    found: Services = current_app.extensions["asr"]
+    return found
+
+
+def uploaded_file() -> FileStorage:
+    """The multipart field `file`; a clear 400 naming the fields sent when it is missing."""
+    file = request.files.get("file")
+    if file is None:
+        fields = sorted(request.files.keys())
+        hint = f" (got file field(s): {', '.join(fields)})" if fields else ""
+        raise MissingFile(f"no audio uploaded: send it as the multipart form field 'file'{hint}")
+    return file
+
+
+@contextmanager
+def local_path(file: FileStorage) -> Iterator[Path]:
+    """A path ffmpeg can read for the upload; temporary copies are removed on every path."""
+    name = getattr(file.stream, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        # Already streamed to a temp file under the data dir by UploadRequest: no second copy.
+        file.stream.flush()
+        yield Path(name)
+        return
+    with temporary_file(current_services().uploads_dir) as tmp:
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(file.stream, out, 1024 * 1024)
+        yield tmp
+
+
+@contextmanager
+def temporary_file(directory: Path) -> Iterator[Path]:
+    """A fresh file under directory (the data dir's uploads), removed however the block ends."""
+    fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def detached_copy(file: FileStorage) -> Path:
+    """The upload under a new name in the uploads dir, owned by the caller: it outlives the request's files.
+
+    A streamed response runs after Flask has closed (and so deleted) the request's upload; the caller
+    removes this copy when the response closes. A hard link costs nothing when the upload is on disk.
+    """
+    target = current_services().uploads_dir / f"upload-{uuid.uuid4().hex}"
+    name = getattr(file.stream, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        file.stream.flush()
+        try:
+            os.link(name, target)
+            return target
+        except OSError:
+            pass
+    file.stream.seek(0)
+    try:
+        with target.open("xb") as out:
+            shutil.copyfileobj(file.stream, out, 1024 * 1024)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
