@@ -11,6 +11,7 @@ from flask import Flask, Request
 
 from app.devices import gpu_memory
 from app.errors import register_error_handlers
+from app.security import install_security
 from app.services import BackendLoader, build_services
 from app.settings import Settings
 
@@ -48,9 +49,12 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
 
     from app.api import bp
     from app.openai_api import bp as openai_bp
+    from app.openapi import bp as openapi_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(openapi_bp)
     register_error_handlers(app)
+    install_security(app, settings)
     services.start()
     return app

@@ -13,7 +13,7 @@ from werkzeug.datastructures import FileStorage
 
 from app import audio
 from app.devices import gpu_memory
-from app.errors import JobNotFound
+from app.errors import JobNotFound, QueueFull
 from app.formats import render_srt, render_text, render_vtt, segments_json
 from app.jobs import new_job_id
 from app.options import TranscribeOptions, parse_options
@@ -134,6 +134,10 @@ def transcribe_async() -> tuple[Response, int]:
     services = current_services()
     file = uploaded_file()
     options = _options(services)
+    limit = services.settings.max_queued_jobs
+    if services.jobs.counts()["queued"] >= limit:
+        # Refused before the upload is kept for a job, so a full queue holds no more audio on disk.
+        raise QueueFull(f"{limit} jobs are already queued; try again later", retry_after=60)
     job_id = new_job_id()
     audio_path = services.runner.audio_path(job_id)
     audio_path.parent.mkdir(parents=True)
@@ -164,9 +168,30 @@ def _keep(source: Path, target: Path) -> None:
 @bp.get("/status/<job_id>")
 def job_status(job_id: str) -> Response:
     """A job's state and progress; the transcription once completed, the error once failed."""
+    return jsonify(_job_body(job_id))
+
+
+@bp.delete("/status/<job_id>")
+def job_delete(job_id: str) -> Response:
+    """Cancel a queued or running job; delete a finished one with its files."""
+    runner = current_services().runner
+    if runner.cancel(job_id) is not None:
+        return jsonify(_job_body(job_id))
+    if runner.delete(job_id):
+        return jsonify({"job_id": job_id, "status": "deleted"})
+    # Neither cancellable nor finished: it never existed, or another request deleted it just now.
+    raise JobNotFound(f"no job with id {_shown(job_id)}")
+
+
+def _shown(job_id: str) -> str:
+    """A job id as error messages quote it: clipped, so a megabyte-long id is not echoed back."""
+    return repr(job_id if len(job_id) <= 64 else job_id[:64] + "...")
+
+
+def _job_body(job_id: str) -> dict[str, Any]:
     job = current_services().jobs.get(job_id)
     if job is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
+        raise JobNotFound(f"no job with id {_shown(job_id)}")
     body: dict[str, Any] = {
         "job_id": job.id,
         "status": job.status,
@@ -182,6 +207,6 @@ def job_status(job_id: str) -> Response:
             duration=job.result["duration"],
             segments=job.result["segments"],
         )
-    if job.status == "failed":
+    if job.status in ("failed", "cancelled"):
         body.update(error=job.error, completed_at=job.completed_at)
-    return jsonify(body)
+    return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -49,8 +50,14 @@ class Engine:
         token_budget: int = 1 << 20,
         release: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        load_backoff: tuple[float, float] = (2.0, 60.0),
     ) -> None:
         self._loader = loader
+        # After a failed load, work arriving within the backoff fails at once (503, Retry-After) rather than
+        # retry a load that just failed; the wait doubles per failure from the first value up to the second.
+        self._backoff_first, self._backoff_max = load_backoff
+        self._backoff = 0.0
+        self._retry_at = 0.0
         self._idle_timeout = idle_timeout
         self._batch_size = batch_size
         self._token_budget = token_budget
@@ -109,7 +116,14 @@ class Engine:
                 "token_budget": self._token_budget,
                 "oom_batch_splits": self._oom_splits,
                 "pending_segments": self._queue.qsize() + self._held,
+                "retry_load_in": self._retry_in(),
             }
+
+    def _retry_in(self) -> float | None:
+        """Seconds until a failed load may be tried again; None when no backoff is running."""
+        if self._state is not ModelState.ERROR:
+            return None
+        return round(max(0.0, self._retry_at - self._clock()), 1)
 
     @property
     def loaded(self) -> bool:
@@ -187,7 +201,10 @@ class Engine:
         backend = self._ensure_loaded()
         if backend is None:
             # Everything waiting would fail the same way; fail it now rather than reload per item.
-            error = ModelUnavailable(f"model could not be loaded: {self._error}")
+            wait = max(1, math.ceil(self._retry_at - self._clock()))
+            error = ModelUnavailable(
+                f"model could not be loaded: {self._error} (next attempt in {wait} s)", retry_after=wait
+            )
             self._fail_all(live, error, running=True)
             self._fail_all(pending, error)
             pending.clear()
@@ -232,6 +249,8 @@ class Engine:
     def _ensure_loaded(self) -> Backend | None:
         if self._backend is not None:
             return self._backend
+        if self._state is ModelState.ERROR and self._clock() < self._retry_at:
+            return None
         with self._lock:
             self._state, self._error = ModelState.LOADING, None
         started = self._clock()
@@ -242,8 +261,11 @@ class Engine:
             self._release()
             with self._lock:
                 self._state, self._error = ModelState.ERROR, f"{type(exc).__name__}: {exc}"
+                self._backoff = min(self._backoff_max, self._backoff * 2 or self._backoff_first)
+                self._retry_at = self._clock() + self._backoff
             return None
         with self._lock:
+            self._backoff = 0.0
             self._backend, self._device = backend, backend.device
             self._state, self._loads = ModelState.LOADED, self._loads + 1
             self._last_used = self._clock()

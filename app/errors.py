@@ -19,9 +19,11 @@ class ServiceError(Exception):
     # The request field at fault, when there is one (OpenAI's envelope reports it as "param").
     param: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Seconds a client should wait before trying again, sent as Retry-After.
+        self.retry_after = retry_after
 
 
 class InvalidRequest(ServiceError):
@@ -49,6 +51,13 @@ class InvalidOption(InvalidRequest):
         self.param = field
 
 
+class Unauthorized(ServiceError):
+    """API keys are configured and the request carries none of them."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class UploadTooLarge(ServiceError):
     """The upload is over the configured limit."""
 
@@ -68,6 +77,13 @@ class JobNotFound(ServiceError):
 
     status = 404
     code = "job_not_found"
+
+
+class QueueFull(ServiceError):
+    """As many async jobs are waiting as the server allows."""
+
+    status = 503
+    code = "queue_full"
 
 
 class ModelNotFound(ServiceError):
@@ -145,6 +161,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "upload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 
@@ -155,7 +172,12 @@ def register_error_handlers(app: Flask) -> None:
     def _service_error(exc: ServiceError) -> Response:
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return _json_error(exc.status, exc.code, exc.message, exc.param)
+        response = _json_error(exc.status, exc.code, exc.message, exc.param)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="qwen-omni-asr"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -165,6 +187,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"upload is larger than the limit of {limit} bytes"
+        if status == 429:
+            message = f"rate limit exceeded ({exc.description}); try again after Retry-After seconds"
         response = _json_error(status, code, message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]

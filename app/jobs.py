@@ -7,23 +7,27 @@ import logging
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError
-from app.formats import segments_json
+from app.formats import segments_json, transcript_text
 from app.options import TranscribeOptions
-from app.outputs import now_iso, save_transcript
+from app.outputs import now_iso, reserve_output, write_reserved
 from app.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 # A job that was running when the process died this many times is failed instead of run again.
 MAX_ATTEMPTS = 3
+# States a job never leaves (only retention or DELETE removes it).
+FINISHED = ("completed", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -132,22 +136,64 @@ class JobStore:
                 (done, total, job_id),
             )
 
-    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> None:
-        """Mark done with its result."""
+    def set_output_file(self, job_id: str, output_file: str) -> None:
+        """Record the output name reserved for a running job, so a rerun after a crash reuses it."""
         with self._connect() as db:
-            db.execute(
+            db.execute("UPDATE jobs SET output_file = ? WHERE id = ?", (output_file, job_id))
+
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool:
+        """Mark a running job done with its result; False if it is no longer running (cancelled meanwhile)."""
+        with self._connect() as db:
+            cursor = db.execute(
                 "UPDATE jobs SET status = 'completed', completed_at = ?, result = ?, output_file = ?,"
-                " segments_done = segments_total WHERE id = ?",
+                " segments_done = segments_total WHERE id = ? AND status = 'processing'",
                 (now_iso(), json.dumps(result), output_file, job_id),
             )
+        return cursor.rowcount == 1
 
     def fail(self, job_id: str, error: str) -> None:
-        """Mark failed with the reason."""
+        """Mark a running job failed with the reason (a cancelled one stays cancelled)."""
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ?",
+                "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ? AND status = 'processing'",
                 (now_iso(), error, job_id),
             )
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the status it had, or None if it had already finished."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] in FINISHED:
+                db.execute("COMMIT")
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ? WHERE id = ?",
+                (now_iso(), "cancelled by the client", job_id),
+            )
+            db.execute("COMMIT")
+        return str(row["status"])
+
+    def delete(self, job_id: str) -> Job | None:
+        """Remove a finished job's row; returns it, or None when there is none or it has not finished."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] not in FINISHED:
+                db.execute("COMMIT")
+                return None
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("COMMIT")
+        return Job.from_row(row)
+
+    def finished_before(self, cutoff: str) -> list[str]:
+        """Ids of jobs that finished before the ISO time cutoff."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?",
+                (cutoff,),
+            ).fetchall()
+        return [str(row["id"]) for row in rows]
 
     def recover(self) -> list[str]:
         """At start-up: requeue jobs that were running when the process died (or fail them after MAX_ATTEMPTS)."""
@@ -171,7 +217,7 @@ class JobStore:
         """Number of jobs per status."""
         with self._connect() as db:
             rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        counts = {"queued": 0, "processing": 0, "completed": 0, "failed": 0}
+        counts = {"queued": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
         counts.update({row["status"]: row["n"] for row in rows})
         return counts
 
@@ -181,42 +227,126 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+class JobCancelled(Exception):
+    """Raised inside a running job's pipeline once the client cancelled it."""
+
+
 class JobRunner:
     """Threads that take queued jobs from the store and run them through the pipeline."""
 
-    def __init__(self, store: JobStore, pipeline: Pipeline, jobs_dir: Path, outputs_dir: Path, workers: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline: Pipeline,
+        jobs_dir: Path,
+        outputs_dir: Path,
+        workers: int,
+        retention_seconds: float = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.jobs_dir = jobs_dir
         self.outputs_dir = outputs_dir
         self.workers = workers
+        self.retention_seconds = retention_seconds
+        self._clock = clock
         self._wake = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._cancelled: set[str] = set()
 
     def audio_path(self, job_id: str) -> Path:
         """Where a job's uploaded audio is kept until the job ends."""
         return self.jobs_dir / job_id / "audio"
 
     def start(self) -> None:
-        """Requeue interrupted jobs and start the runner threads."""
+        """Requeue interrupted jobs and start the runner threads and the retention sweeper."""
         requeued = self.store.recover()
         if requeued:
             log.info("requeued %d interrupted job(s)", len(requeued))
         self._sweep()
+        self.expire()
         for n in range(self.workers):
             thread = threading.Thread(target=self._run, name=f"job-runner-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.retention_seconds > 0:
+            thread = threading.Thread(target=self._expire_periodically, name="job-retention", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _sweep(self) -> None:
-        """Remove audio left behind by jobs that ended (or never got a row) before a crash."""
-        if not self.jobs_dir.is_dir():
-            return
-        for entry in self.jobs_dir.iterdir():
-            job = self.store.get(entry.name)
-            if job is None or job.status in ("completed", "failed"):
-                shutil.rmtree(entry, ignore_errors=True)
+        """Remove audio left behind by jobs that ended (or never got a row) and half-written outputs."""
+        if self.jobs_dir.is_dir():
+            for entry in self.jobs_dir.iterdir():
+                job = self.store.get(entry.name)
+                if job is None or job.status in FINISHED:
+                    shutil.rmtree(entry, ignore_errors=True)
+        if self.outputs_dir.is_dir():
+            for tmp in self.outputs_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the status it had, or None if it had already finished.
+
+        A queued job's audio goes at once; a running one stops when its next segment finishes.
+        """
+        previous = self.store.cancel(job_id)
+        if previous == "processing":
+            with self._wake:
+                self._cancelled.add(job_id)
+        elif previous == "queued":
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        return previous
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job with its files; False when there is none or it has not finished."""
+        job = self.store.delete(job_id)
+        if job is None:
+            return False
+        self._remove_files(job.id, job.output_file)
+        return True
+
+    def _remove_files(self, job_id: str, output_file: str | None) -> None:
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        if output_file:
+            (self.outputs_dir / output_file).unlink(missing_ok=True)
+
+    def expire(self) -> int:
+        """Delete finished jobs, their files and output files older than the retention; returns jobs deleted."""
+        if self.retention_seconds <= 0:
+            return 0
+        cutoff = self._clock() - self.retention_seconds
+        stamp = datetime.fromtimestamp(cutoff, UTC).isoformat(timespec="seconds")
+        deleted = 0
+        for job_id in self.store.finished_before(stamp):
+            deleted += self.delete(job_id)
+        # Outputs of synchronous requests have no job row: their age is their file's.
+        if self.outputs_dir.is_dir():
+            for path in self.outputs_dir.glob("*.txt"):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+        if deleted:
+            log.info("retention: deleted %d finished job(s)", deleted)
+        return deleted
+
+    def _expire_periodically(self) -> None:
+        interval = min(3600.0, max(1.0, self.retention_seconds / 10))
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                self._wake.wait(timeout=interval)
+                if self._stopping:
+                    return
+            try:
+                self.expire()
+            except Exception:  # a failed sweep is retried at the next interval, never fatal
+                log.exception("retention sweep failed")
 
     def notify(self) -> None:
         """Wake a runner: a job was queued."""
@@ -242,25 +372,41 @@ class JobRunner:
                 continue
             self._execute(job)
 
+    def _progress(self, job_id: str, done: int, total: int) -> None:
+        with self._wake:
+            if job_id in self._cancelled:
+                raise JobCancelled(job_id)
+        self.store.set_progress(job_id, done, total)
+
     def _execute(self, job: Job) -> None:
         try:
             transcript = self.pipeline.transcribe(
-                job.audio_path,
-                job.options,
-                on_progress=lambda done, total: self.store.set_progress(job.id, done, total),
+                job.audio_path, job.options, on_progress=lambda done, total: self._progress(job.id, done, total)
             )
-            text, output_file = save_transcript(self.outputs_dir, transcript)
+            text = transcript_text(transcript)
+            # A rerun after a crash rewrites the name its first attempt reserved: one output per job, ever.
+            output_file = job.output_file or reserve_output(self.outputs_dir)
+            if job.output_file is None:
+                self.store.set_output_file(job.id, output_file)
+            write_reserved(self.outputs_dir, output_file, text + "\n")
             result = {
                 "transcription": text,
                 "duration": transcript.duration,
                 "language": transcript.language,
                 "segments": segments_json(transcript),
             }
-            self.store.complete(job.id, result, output_file)
+            if not self.store.complete(job.id, result, output_file):
+                # Cancelled in the moment between its last segment and now: it leaves nothing behind.
+                (self.outputs_dir / output_file).unlink(missing_ok=True)
+        except JobCancelled:
+            log.info("job %s cancelled while running", job.id)
         except ServiceError as exc:
             self.store.fail(job.id, exc.message)
         except Exception as exc:  # one job's crash must not stop the runner
             log.exception("job %s failed", job.id)
             self.store.fail(job.id, f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._wake:
+                self._cancelled.discard(job.id)
         # Once the job has ended its audio is no longer needed.
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)

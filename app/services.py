@@ -69,5 +69,7 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
     )
     pipeline = Pipeline(engine)
     store = JobStore(data / "jobs.sqlite3")
-    runner = JobRunner(store, pipeline, jobs_dir, outputs, settings.job_workers)
+    runner = JobRunner(
+        store, pipeline, jobs_dir, outputs, settings.job_workers, retention_seconds=settings.retention_hours * 3600
+    )
     return Services(settings, engine, pipeline, store, runner, uploads, outputs)

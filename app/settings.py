@@ -21,9 +21,9 @@ def _default_data_dir() -> str:
     return os.path.join(base, "qwen-omni-asr")
 
 
-def _setting(default: Any, env: str, help: str, **kw: Any) -> Any:
-    """A settings field carrying its environment variable and help text."""
-    return field(default=default, metadata={"env": env, "help": help, **kw})
+def _setting(default: Any, env: str, help: str, *, secret: bool = False, **kw: Any) -> Any:
+    """A settings field carrying its environment variable and help text (a secret stays out of repr)."""
+    return field(default=default, repr=not secret, metadata={"env": env, "help": help, **kw})
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,20 @@ class Settings:
     host: str = _setting("0.0.0.0", "ASR_HOST", "address to bind")
     port: int = _setting(5000, "ASR_PORT", "port to bind")
     threads: int = _setting(16, "ASR_THREADS", "request threads")
+    # API keys, comma-separated; empty leaves the API open. Clients send "Authorization: Bearer <key>" or
+    # "X-API-Key: <key>"; /health stays open for monitors. Prefer the environment: flags show in `ps`.
+    api_key: str = _setting("", "ASR_API_KEY", "API keys, comma-separated (empty = no auth)", secret=True)
+    # Requests per client (its key, else its address) in flask-limiter's syntax, e.g. "60/minute;1000/day".
+    rate_limit: str = _setting("", "ASR_RATE_LIMIT", 'per-client limit, e.g. "60/minute" (empty = off)')
+    # Reverse proxies in front of the service that append to X-Forwarded-For; the client address (for rate
+    # limits and logs) is read from there. 0 trusts no header: a client could forge it.
+    trusted_proxies: int = _setting(0, "ASR_TRUSTED_PROXIES", "reverse proxies setting X-Forwarded-For")
+    # Async jobs waiting at once; more are refused with 503 and Retry-After, so the queue cannot grow unbounded.
+    max_queued_jobs: int = _setting(100, "ASR_MAX_QUEUED_JOBS", "most async jobs queued at once")
+    # Finished jobs, their files and output files older than this are deleted; 0 keeps them forever.
+    retention_hours: float = _setting(
+        168.0, "ASR_RETENTION_HOURS", "hours finished jobs and outputs are kept (0 = forever)"
+    )
 
     def __post_init__(self) -> None:
         variant = get_variant(self.variant)
@@ -78,13 +92,29 @@ class Settings:
         self.default_options()  # validates temperature and repetition_penalty the same way requests are
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in ("batch_size", "token_budget", "job_workers", "threads", "max_upload_size"):
+        for name in ("batch_size", "token_budget", "job_workers", "threads", "max_upload_size", "max_queued_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.trusted_proxies < 0:
+            raise ValueError("trusted_proxies must be 0 or more")
+        if not (math.isfinite(self.retention_hours) and self.retention_hours >= 0):
+            raise ValueError(f"retention_hours must be 0 or more, got {self.retention_hours!r}")
+        if self.rate_limit.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(f"rate_limit: not a limit such as 60/minute: {self.rate_limit!r}") from None
         if not (math.isfinite(self.idle_timeout) and self.idle_timeout >= 0):
             raise ValueError(f"idle_timeout must be a finite number >= 0, got {self.idle_timeout}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1-65535, got {self.port}")
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The configured API keys; empty when the API is open."""
+        return tuple(key.strip() for key in self.api_key.split(",") if key.strip())
 
     @property
     def model_variant(self) -> Variant:

@@ -171,7 +171,7 @@ def test_load_failure_reports_error_and_next_request_retries() -> None:
             raise OSError("checkpoint not found: /models/missing")
         return RecordingBackend()
 
-    engine = Engine(loader, idle_timeout=0, batch_size=2)
+    engine = Engine(loader, idle_timeout=0, batch_size=2, load_backoff=(0.0, 0.0))
     try:
         futures = engine.submit([request(), request()])
         for future in futures:
@@ -181,6 +181,36 @@ def test_load_failure_reports_error_and_next_request_retries() -> None:
         assert status["state"] == "error" and "checkpoint not found" in status["error"]
         assert engine.submit([request()])[0].result(timeout=10).text == "seg-32000"
         assert engine.status()["state"] == "loaded" and len(attempts) == 2
+    finally:
+        engine.stop(timeout=10)
+
+
+def test_load_failure_backs_off_before_trying_again() -> None:
+    """Within the backoff, work fails at once with Retry-After; the wait doubles per failure up to its cap."""
+    now = [100.0]
+    attempts: list[float] = []
+
+    def loader() -> Backend:
+        attempts.append(now[0])
+        raise OSError("checkpoint not found")
+
+    def fails(expected_attempts: int) -> ModelUnavailable:
+        with pytest.raises(ModelUnavailable) as caught:
+            engine.submit([request()])[0].result(timeout=10)
+        assert len(attempts) == expected_attempts
+        return caught.value
+
+    engine = Engine(loader, idle_timeout=0, batch_size=1, clock=lambda: now[0], load_backoff=(2.0, 8.0))
+    try:
+        assert fails(1).retry_after == 2
+        assert engine.status()["retry_load_in"] == 2.0
+        now[0] += 1.5
+        assert fails(1).retry_after == 1  # still backing off: no new attempt
+        for backoff in (4, 8, 8):
+            now[0] += 1.0
+            assert fails(len(attempts) + 1).retry_after == backoff
+            now[0] += backoff
+        assert engine.status()["state"] == "error" and "checkpoint not found" in engine.status()["error"]
     finally:
         engine.stop(timeout=10)
 

@@ -17,7 +17,9 @@ from app.errors import (
     ModelNotFound,
     ModelUnavailable,
     OutOfMemory,
+    QueueFull,
     ServiceError,
+    Unauthorized,
     UnsupportedAudio,
     UploadTooLarge,
     error_body,
@@ -35,6 +37,8 @@ from app.errors import (
         (UnsupportedAudio, 415, "unsupported_audio"),
         (JobNotFound, 404, "job_not_found"),
         (ModelNotFound, 404, "model_not_found"),
+        (Unauthorized, 401, "unauthorized"),
+        (QueueFull, 503, "queue_full"),
         (ModelUnavailable, 503, "model_unavailable"),
         (InferenceFailed, 500, "inference_failed"),
         (OutOfMemory, 503, "out_of_memory"),
@@ -75,6 +79,8 @@ def test_every_subclass_is_covered() -> None:
         "JobNotFound",
         "ModelNotFound",
         "ModelUnavailable",
+        "Unauthorized",
+        "QueueFull",
         "InferenceFailed",
     }
 
@@ -112,6 +118,14 @@ def client() -> FlaskClient:
     @app.get("/v1/boom")
     def openai_boom() -> str:
         raise RuntimeError("secret internal detail")
+
+    @app.get("/busy")
+    def busy() -> str:
+        raise QueueFull("100 jobs are already queued", retry_after=60)
+
+    @app.get("/locked")
+    def locked() -> str:
+        raise Unauthorized("a valid API key is required")
 
     @app.get("/boom")
     def boom() -> str:
@@ -233,3 +247,13 @@ def test_openai_statuses_and_types(client: FlaskClient) -> None:
     assert "POST" in wrong.headers["Allow"]
     # A path that merely starts with "v1" is native.
     assert client.get("/v1x").get_json()["status"] == "error"
+
+
+def test_retry_after_and_www_authenticate_headers(client: FlaskClient) -> None:
+    """A ServiceError with retry_after sends Retry-After; a 401 names the Bearer scheme."""
+    busy = client.get("/busy")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
+    assert busy.get_json() == error_body("queue_full", "100 jobs are already queued")
+    locked = client.get("/locked")
+    assert locked.status_code == 401 and locked.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "Retry-After" not in locked.headers

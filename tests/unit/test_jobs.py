@@ -59,7 +59,7 @@ def test_claim_next_oldest_first(store: JobStore, tmp_path: Path) -> None:
         assert job.attempts == 1
         assert job.started_at is not None
     assert store.claim_next() is None
-    assert store.counts() == {"queued": 0, "processing": 3, "completed": 0, "failed": 0}
+    assert store.counts() == {"queued": 0, "processing": 3, "completed": 0, "failed": 0, "cancelled": 0}
 
 
 def test_claim_next_empty_store(store: JobStore) -> None:
@@ -89,7 +89,7 @@ def test_progress_complete_and_counts(store: JobStore, tmp_path: Path) -> None:
     assert job.completed_at is not None
     store.set_progress("a", 1, 4)  # after completion: ignored
     assert store.get("a").segments_done == 4  # type: ignore[union-attr]
-    assert store.counts() == {"queued": 1, "processing": 0, "completed": 1, "failed": 0}
+    assert store.counts() == {"queued": 1, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0}
 
 
 def test_fail(store: JobStore, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_fail(store: JobStore, tmp_path: Path) -> None:
     assert job.status == "failed"
     assert job.error == "not decodable audio: the file has no audio stream"
     assert job.completed_at is not None
-    assert store.counts() == {"queued": 0, "processing": 0, "completed": 0, "failed": 1}
+    assert store.counts() == {"queued": 0, "processing": 0, "completed": 0, "failed": 1, "cancelled": 0}
 
 
 def test_recover_requeues_processing(store: JobStore, tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_store_survives_restart(tmp_path: Path) -> None:
     assert (job.status, job.options) == ("processing", OPTIONS)
     assert second.recover() == ["a"]
     assert first.get("a").status == "queued"  # type: ignore[union-attr]
-    assert second.counts() == {"queued": 2, "processing": 0, "completed": 0, "failed": 0}
+    assert second.counts() == {"queued": 2, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 
 def test_concurrent_claims_never_share_a_job(store: JobStore, tmp_path: Path) -> None:
@@ -185,3 +185,43 @@ def test_concurrent_claims_never_share_a_job(store: JobStore, tmp_path: Path) ->
     assert sorted(claimed) == ids
     assert store.counts()["processing"] == len(ids)
     assert all(store.get(i).attempts == 1 for i in ids)  # type: ignore[union-attr]
+
+
+def test_cancel_queued_and_running_but_not_finished(store: JobStore, tmp_path: Path) -> None:
+    """cancel returns the status the job had; a finished job is left as it is."""
+    for name in ("a", "b", "c"):
+        store.create(name, OPTIONS, tmp_path / name)
+    store.claim_next()  # a runs
+    assert store.cancel("a") == "processing" and store.cancel("b") == "queued"
+    for name in ("a", "b"):
+        job = store.get(name)
+        assert job is not None and job.status == "cancelled" and job.completed_at is not None
+    assert store.cancel("a") is None and store.cancel("nope") is None
+    # A cancelled job is never claimed, and a runner finishing it late cannot overwrite the cancellation.
+    assert store.claim_next().id == "c"  # type: ignore[union-attr]
+    assert store.complete("a", {"transcription": "x"}, "out.txt") is False
+    store.fail("a", "late failure")
+    assert store.get("a").status == "cancelled"  # type: ignore[union-attr]
+    assert store.counts()["cancelled"] == 2
+
+
+def test_delete_only_finished_jobs(store: JobStore, tmp_path: Path) -> None:
+    """delete removes a finished row and returns it; queued or unknown ids are left alone."""
+    store.create("a", OPTIONS, tmp_path / "a")
+    store.create("b", OPTIONS, tmp_path / "b")
+    assert store.delete("a") is None
+    store.claim_next()
+    store.complete("a", {"transcription": "x"}, "out.txt")
+    deleted = store.delete("a")
+    assert deleted is not None and deleted.output_file == "out.txt"
+    assert store.get("a") is None and store.delete("a") is None and store.get("b") is not None
+
+
+def test_finished_before(store: JobStore, tmp_path: Path) -> None:
+    """Only finished jobs older than the cutoff are listed."""
+    store.create("a", OPTIONS, tmp_path / "a")
+    store.create("b", OPTIONS, tmp_path / "b")
+    store.claim_next()
+    store.complete("a", {"transcription": "x"}, "out.txt")
+    assert store.finished_before("9999-01-01T00:00:00+00:00") == ["a"]
+    assert store.finished_before("2000-01-01T00:00:00+00:00") == []

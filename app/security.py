@@ -1,0 +1,87 @@
+"""Access control for the whole app: optional API keys and an optional per-client rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, request
+from flask_limiter import Limiter
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.errors import Unauthorized
+from app.settings import Settings
+
+# Monitors poll this without credentials, and it must never be throttled.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def presented_key() -> str | None:
+    """The key a request carries: "Authorization: Bearer <key>" or "X-API-Key: <key>"."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    key = request.headers.get("X-API-Key", "").strip()
+    return key or None
+
+
+class KeyCheck:
+    """Matches a presented key against the configured ones in constant time."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        # Comparing fixed-length digests keeps a key's length from leaking through timing as well.
+        self._digests = [_digest(key) for key in keys]
+
+    def accepts(self, key: str | None) -> bool:
+        """Whether key is one of the configured keys; every key is compared, match or not."""
+        if key is None:
+            return False
+        presented = _digest(key)
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(presented, digest)
+        return matched
+
+
+def _client(check: KeyCheck | None) -> str:
+    """Whom a rate limit counts: a valid key, else the client address (so guessing keys gains no fresh budget)."""
+    key = presented_key()
+    if check is not None and check.accepts(key):
+        return "key:" + _digest(key or "").hex()[:32]
+    return "addr:" + (request.remote_addr or "unknown")
+
+
+def install_security(app: Flask, settings: Settings) -> None:
+    """Wire proxy headers, the rate limit and API keys into app, as the settings ask."""
+    if settings.trusted_proxies:
+        # Only as many X-Forwarded-For hops as there are proxies we run are believed.
+        proxies = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    check = KeyCheck(settings.api_keys) if settings.api_keys else None
+    if settings.rate_limit.strip():
+        # Before the key check, so a client guessing keys is throttled too. One gunicorn worker process holds
+        # every request, so counting in memory is exact.
+        limiter = Limiter(
+            key_func=lambda: _client(check),
+            app=app,
+            application_limits=[settings.rate_limit],
+            storage_uri="memory://",
+            headers_enabled=True,
+        )
+        limiter.request_filter(lambda: request.path in OPEN_PATHS)
+    if check is not None:
+        keys = check
+
+        @app.before_request
+        def _require_key() -> None:
+            if request.path in OPEN_PATHS:
+                return
+            if not keys.accepts(presented_key()):
+                raise Unauthorized(
+                    "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                )
