@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # The ASR prompt from Qwen's cookbook.
 SYSTEM_PROMPT = "You are a speech recognition model."
 DEFAULT_INSTRUCTION = "Transcribe the audio into text."
+# Below this, sampling is greedy decoding in all but name, and logits divided by a temperature near zero
+# overflow to inf (NaN probabilities): decode greedily instead.
+MIN_SAMPLING_TEMPERATURE = 0.01
 # Shorter audio yields no audio tokens after the encoder's two stride-2 convolutions; pad with silence.
 MIN_SAMPLES = 16000
 
@@ -139,8 +142,9 @@ class QwenOmniBackend:
         # Left padding: a row's own prompt is its unmasked positions.
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         limits = [r.token_limit for r in batch]
-        sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
-        if params.temperature > 0:
+        sample = params.temperature >= MIN_SAMPLING_TEMPERATURE
+        sampling: dict[str, Any] = {"do_sample": sample}
+        if sample:
             sampling["temperature"] = params.temperature
         if params.min_new_tokens:
             sampling["min_new_tokens"] = params.min_new_tokens

@@ -87,3 +87,12 @@ def test_stopping_criteria_on_a_batch() -> None:
     generated = torch.stack([looping, ended, fresh])
     assert loop(torch.cat([prompt + 1, generated], dim=1), None).tolist() == [True, False, False]
     assert loop.detected.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-189, 1e-39, 0.009])
+def test_a_temperature_near_zero_decodes_greedily(backend: QwenOmniBackend, temperature: float) -> None:
+    """Sampling at a temperature near zero would divide logits into inf (NaN probabilities): it is greedy."""
+    greedy = GenerationParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.0)
+    tiny = GenerationParams(max_new_tokens=12, temperature=temperature, repetition_penalty=1.0)
+    expected = backend.generate([GenerationRequest(noise(2.0), greedy)])[0]
+    assert backend.generate([GenerationRequest(noise(2.0), tiny)])[0] == expected
