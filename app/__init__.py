@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from flask import Flask, Request
+from werkzeug.formparser import FormDataParser
 
 from app.devices import gpu_memory
 from app.errors import register_error_handlers
@@ -29,6 +30,13 @@ def _upload_request_class(upload_dir: Path) -> type[Request]:
         ) -> IO[bytes]:
             # Named, so ffmpeg reads it in place; the name is ours, never the client's.
             return tempfile.NamedTemporaryFile(prefix="upload-", dir=upload_dir)
+
+        def make_form_data_parser(self) -> FormDataParser:
+            # Not silent: werkzeug would otherwise answer a malformed body (or a part header that is not
+            # UTF-8, such as a Latin-1 file name) with an empty form, and the client would hear "no file".
+            parser = super().make_form_data_parser()
+            parser.silent = False
+            return parser
 
     return UploadRequest
 

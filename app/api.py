@@ -58,6 +58,8 @@ def _stem(file: FileStorage) -> str:
     raw = file.filename or ""
     name = PureWindowsPath(PurePosixPath(raw).name).name
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    # Control characters (NUL, escapes, newlines) cannot go into a Content-Disposition header.
+    stem = "".join(char for char in stem if char.isprintable())
     return stem.strip()[:200] or "transcription"
 
 

@@ -5,6 +5,7 @@ stream_segments() does both in one pass with memory bounded by a segment; decode
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -27,6 +28,11 @@ FRAME = SAMPLE_RATE // 100
 # A pathological file must not hold a request thread forever.
 DECODE_TIMEOUT_SECONDS = 3600
 PROBE_TIMEOUT_SECONDS = 60
+# Plausible source formats: below 1 kHz a header is lying (each sample would stretch over a millisecond or
+# more); 768 kHz is the highest rate audio interfaces record.
+MIN_SOURCE_RATE = 1000
+MAX_SOURCE_RATE = 768_000
+MAX_SOURCE_CHANNELS = 64
 # ffmpeg's output is read a second at a time; decode() collects it in blocks of about a minute.
 _READ_SAMPLES = SAMPLE_RATE
 _READ_BYTES = _READ_SAMPLES * 4
@@ -138,19 +144,55 @@ def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segm
 
 
 def probe(path: str | Path) -> None:
-    """Cheaply check that the file has an audio stream ffmpeg understands; raise UnsupportedAudio if not."""
+    """Check that the file holds audio ffmpeg decodes, at a plausible rate; raise UnsupportedAudio if not.
+
+    Three cheap checks: ffprobe finds an audio stream, its sample rate and channel count are plausible (a
+    header claiming 1 Hz would turn a few kilobytes into hours of audio), and its first second decodes to
+    samples (a stream of an unknown codec, or one with no samples, passes ffprobe but not this).
+    """
     cmd = [
         "ffprobe", "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path),
+        "-show_entries", "stream=codec_type,sample_rate,channels", "-of", "json", str(path),
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise UnsupportedAudio("probing the upload took too long") from None
+    proc = _run_probe(cmd)
     if proc.returncode != 0:
         raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
-    if b"audio" not in proc.stdout:
+    try:
+        streams = json.loads(proc.stdout or b"{}").get("streams") or []
+    except ValueError:
+        streams = []
+    if not streams or streams[0].get("codec_type") != "audio":
         raise UnsupportedAudio("not decodable audio: the file has no audio stream")
+    rate, channels = _as_int(streams[0].get("sample_rate")), _as_int(streams[0].get("channels"))
+    if rate is not None and not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise UnsupportedAudio(
+            f"implausible sample rate {rate} Hz: audio must be {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz"
+        )
+    if channels is not None and not 1 <= channels <= MAX_SOURCE_CHANNELS:
+        raise UnsupportedAudio(f"implausible channel count {channels}: audio must have 1 to {MAX_SOURCE_CHANNELS}")
+    decode_start = [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-t", "1",
+        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
+    ]  # fmt: skip
+    proc = _run_probe(decode_start)
+    if proc.returncode != 0:
+        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
+    if len(proc.stdout) < 4:
+        raise UnsupportedAudio("the file contains no audio samples")
+
+
+def _run_probe(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise UnsupportedAudio("probing the upload took too long") from None
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 def _sanitize(samples: np.ndarray) -> None:

@@ -387,6 +387,7 @@ def _decode_input_audio(data: str, where: str, services: Services) -> Any:
         raise InvalidOption(where, "is not valid base64") from None
     with temporary_file(services.uploads_dir) as path:
         path.write_bytes(raw)
+        audio.probe(path)
         # Decode at most one segment and one more: a small file of hours of audio never fills memory.
         with closing(audio.stream_segments(path, MAX_SEGMENT_SECONDS)) as segments:
             first = next(segments)
@@ -451,4 +452,7 @@ def _stream_chat(
         finally:
             future.cancel()  # the client left before its turn came: free the worker from it
 
-    return _event_stream(events())
+    response = _event_stream(events())
+    # A response closed before its first event never runs the generator's cleanup: cancel here as well.
+    response.call_on_close(future.cancel)
+    return response

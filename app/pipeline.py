@@ -97,6 +97,8 @@ class Pipeline:
                 emitted += 1
                 yield TranscriptSegment(index, start, end, text, result.stop_reason)
 
+        # Refuse what is not plausible audio before any of it reaches the engine.
+        audio.probe(path)
         try:
             for segment in audio.stream_segments(path, options.segment_duration):
                 spans.append((segment.index, segment.start, segment.end))

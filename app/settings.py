@@ -59,10 +59,12 @@ class Settings:
     token_budget: int = _setting(65536, "ASR_TOKEN_BUDGET", "most tokens (batch x longest sequence) per call")
     # Async jobs processed at once; their segments share the inference worker's batches.
     job_workers: int = _setting(2, "ASR_JOB_WORKERS", "async jobs processed concurrently")
-    # HTTP server (gunicorn: one worker process, this many threads).
+    # HTTP server (gunicorn: one worker process, this many threads). A request waiting on the model holds a
+    # thread, so this bounds concurrent requests; beyond it they queue, /health behind them. Threads mostly
+    # wait, so many are cheap: keep this above the concurrency clients drive, so /health stays fast.
     host: str = _setting("0.0.0.0", "ASR_HOST", "address to bind")
     port: int = _setting(5000, "ASR_PORT", "port to bind")
-    threads: int = _setting(16, "ASR_THREADS", "request threads")
+    threads: int = _setting(64, "ASR_THREADS", "request threads")
     # API keys, comma-separated; empty leaves the API open. Clients send "Authorization: Bearer <key>" or
     # "X-API-Key: <key>"; /health stays open for monitors. Prefer the environment: flags show in `ps`.
     api_key: str = _setting("", "ASR_API_KEY", "API keys, comma-separated (empty = no auth)", secret=True)

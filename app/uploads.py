@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import current_app, request
 from werkzeug.datastructures import FileStorage
 
-from app.errors import MissingFile
+from app.errors import InvalidRequest, MissingFile
 from app.services import Services
 
 
@@ -25,7 +25,11 @@ def current_services() -> Services:
 
 def uploaded_file() -> FileStorage:
     """The multipart field `file`; a clear 400 naming the fields sent when it is missing."""
-    file = request.files.get("file")
+    try:
+        file = request.files.get("file")
+    except ValueError as exc:
+        # Raised by the multipart parser (see UploadRequest): a clear 400 instead of an empty form.
+        raise InvalidRequest(f"the multipart body cannot be parsed: {exc}") from None
     if file is None:
         fields = sorted(request.files.keys())
         hint = f" (got file field(s): {', '.join(fields)})" if fields else ""

@@ -26,3 +26,10 @@ preload_app = False
 control_socket_disable = True
 # The worker heartbeat file: memory-backed where available, so a read-only root filesystem works.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def post_worker_init(worker: object) -> None:
+    """Errors gunicorn answers itself (a request line over 4 KB, malformed headers) use the JSON error body."""
+    from serve import http_errors
+
+    http_errors.install(worker)

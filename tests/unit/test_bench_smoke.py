@@ -144,7 +144,7 @@ def test_batching_report_flags_runs_that_did_not_generate_the_forced_length() ->
 
 def test_server_settings_are_the_ones_the_cli_builds() -> None:
     settings = service.server_settings(["--checkpoint-path", "/tmp/x", "--idle-timeout", "0", "--batch-size", "4"])
-    assert settings["idle_timeout"] == 0.0 and settings["batch_size"] == 4 and settings["threads"] == 16
+    assert settings["idle_timeout"] == 0.0 and settings["batch_size"] == 4 and settings["threads"] == 64
 
 
 def test_cpu_share_of_other_processes_and_the_caution_it_triggers() -> None:

@@ -33,7 +33,7 @@ def test_defaults_from_empty_environment(tmp_path) -> None:
     assert settings.segment_duration == 60.0
     assert settings.max_new_tokens == 8192
     assert settings.max_upload_size == 4 * GiB
-    assert (settings.batch_size, settings.job_workers, settings.threads, settings.port) == (16, 2, 16, 5000)
+    assert (settings.batch_size, settings.job_workers, settings.threads, settings.port) == (16, 2, 64, 5000)
     assert settings.token_budget == 65536
     assert settings.data_path == tmp_path.resolve()
 
