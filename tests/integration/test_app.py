@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from app import create_app
-from app.backends import Backend
+from app.backends import Backend, GenerationRequest, GenerationResult
 from app.settings import Settings
 from tests.support import AISHELL
 
@@ -57,3 +57,49 @@ def test_async_job_fails_with_reason_when_model_cannot_load(app: Flask) -> None:
         time.sleep(0.05)
     assert status["status"] == "failed" and "model could not be loaded" in status["error"]
     assert not any(services.runner.jobs_dir.iterdir())
+
+
+class CrashOnPrompt:
+    """A backend that raises for segments whose request carries the prompt "crash", and answers the rest."""
+
+    device = "cpu"
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if any(r.prompt == "crash" for r in batch):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [GenerationResult(f"{len(r.samples)} samples", "eos", 1) for r in batch]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backend_crash_fails_that_job_or_request_and_the_next_runs(tmp_path: Path) -> None:
+    """The crashing job is failed with the reason, the sync request gets 500 inference_failed; then both work."""
+    flask_app = create_app(
+        Settings(data_dir=str(tmp_path), device="cpu", job_workers=1), loader=lambda: CrashOnPrompt()
+    )
+    client = flask_app.test_client()
+    try:
+
+        def submit(prompt: str) -> str:
+            with open(AISHELL, "rb") as f:
+                return str(
+                    client.post("/transcribe/async", data={"file": (f, "a.wav"), "prompt": prompt}).json["job_id"]
+                )
+
+        crashing, healthy = submit("crash"), submit("fine")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and client.get(f"/status/{healthy}").json["status"] != "completed":
+            time.sleep(0.05)
+        failed = client.get(f"/status/{crashing}").json
+        assert failed["status"] == "failed" and "illegal memory access" in failed["error"]
+        transcription = client.get(f"/status/{healthy}").json["transcription"]
+        assert transcription.endswith(" samples") and int(transcription.split()[0]) > 60000
+        with open(AISHELL, "rb") as f:
+            response = client.post("/transcribe/json", data={"file": (f, "a.wav"), "prompt": "crash"})
+        assert response.status_code == 500 and response.json["error"]["code"] == "inference_failed"
+        assert "Traceback" not in response.get_data(as_text=True)
+        with open(AISHELL, "rb") as f:
+            assert client.post("/transcribe/json", data={"file": (f, "a.wav")}).status_code == 200
+    finally:
+        flask_app.extensions["asr"].stop()
