@@ -217,25 +217,19 @@ def _stream_transcription(services: Services, path: Path, options: TranscribeOpt
         started = time.monotonic()
         segments: list[TranscriptSegment] = []
         sent = ""
-        try:
-            with closing(services.pipeline.segments(path, options)) as produced:
-                for segment in produced:
-                    segments.append(segment)
-                    joined = join_text([s.text for s in segments])
-                    if len(joined) > len(sent):
-                        # join_text only ever appends, so the deltas add up to the final text exactly.
-                        yield _sse({"type": "transcript.text.delta", "delta": joined[len(sent) :]})
-                        sent = joined
-            transcript = Transcript(segments, segments[-1].end, options.language, time.monotonic() - started)
-            text, _ = save_transcript(services.outputs_dir, transcript)
-            yield _sse({"type": "transcript.text.done", "text": text, "usage": _usage(transcript)})
-        except ServiceError as exc:
-            yield _sse(openai_error_body(exc.status, exc.code, exc.message, exc.param))
-        except Exception:  # a bug: the client gets an error event, the log gets the traceback
-            log.exception("streamed transcription failed")
-            yield _sse(openai_error_body(500, "internal_error", "internal server error"))
+        with closing(services.pipeline.segments(path, options)) as produced:
+            for segment in produced:
+                segments.append(segment)
+                joined = join_text([s.text for s in segments])
+                if len(joined) > len(sent):
+                    # join_text only ever appends, so the deltas add up to the final text exactly.
+                    yield _sse({"type": "transcript.text.delta", "delta": joined[len(sent) :]})
+                    sent = joined
+        transcript = Transcript(segments, segments[-1].end, options.language, time.monotonic() - started)
+        text, _ = save_transcript(services.outputs_dir, transcript)
+        yield _sse({"type": "transcript.text.done", "text": text, "usage": _usage(transcript)})
 
-    return _event_stream(events())
+    return _event_stream(events(), "streamed transcription")
 
 
 def _sse(data: Mapping[str, Any] | str) -> str:
@@ -243,12 +237,25 @@ def _sse(data: Mapping[str, Any] | str) -> str:
     return f"data: {payload}\n\n"
 
 
-def _event_stream(events: Iterator[str]) -> Response:
-    response = Response(stream_with_context(events), mimetype="text/event-stream")
+def _event_stream(events: Iterator[str], what: str) -> Response:
+    """A server-sent event response; a failure once the stream has begun is sent as an error event."""
+    response = Response(stream_with_context(_errors_as_events(events, what)), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     # Proxies such as nginx would otherwise buffer the events until the end.
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+def _errors_as_events(events: Iterator[str], what: str) -> Iterator[str]:
+    """The events, then OpenAI's error envelope as one last event if they raise (the status is sent already)."""
+    try:
+        # yield from: closing this generator closes events too, so their own cleanup runs.
+        yield from events
+    except ServiceError as exc:
+        yield _sse(openai_error_body(exc.status, exc.code, exc.message, exc.param))
+    except Exception:  # a bug: the client gets an error event, the log gets the traceback
+        log.exception("%s failed", what)
+        yield _sse(openai_error_body(500, "internal_error", "internal server error"))
 
 
 # Chat ------------------------------------------------------------------------------------------------
@@ -425,34 +432,23 @@ def _stream_chat(
     future = services.engine.submit([GenerationRequest.for_chat(chat, params, on_text=pieces.put)])[0]
     # Every piece is put before the result is set, so the end marker comes after the last piece.
     future.add_done_callback(lambda _: pieces.put(_END))
-    created = int(time.time())
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        return _sse({**body, "choices": [choice], **extra})
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
     def events() -> Iterator[str]:
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            while (piece := pieces.get()) is not _END:
-                if piece:
-                    yield chunk({"content": piece})
-            result = future.result()
-            yield chunk({}, _finish_reason(result))
-            if include_usage:
-                body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-                yield _sse({**body, "choices": [], "usage": _chat_usage(result)})
-            yield _sse("[DONE]")
-        except ServiceError as exc:
-            yield _sse(openai_error_body(exc.status, exc.code, exc.message, exc.param))
-        except Exception:  # a bug: the client gets an error event, the log gets the traceback
-            log.exception("streamed chat failed")
-            yield _sse(openai_error_body(500, "internal_error", "internal server error"))
-        finally:
-            future.cancel()  # the client left before its turn came: free the worker from it
+        yield chunk({"role": "assistant", "content": ""})
+        while (piece := pieces.get()) is not _END:
+            if piece:
+                yield chunk({"content": piece})
+        result = future.result()
+        yield chunk({}, _finish_reason(result))
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _chat_usage(result)})
+        yield _sse("[DONE]")
 
-    response = _event_stream(events())
-    # A response closed before its first event never runs the generator's cleanup: cancel here as well.
+    response = _event_stream(events(), "streamed chat")
+    # However the response ends (finished, or the client left before its turn came), free the worker from it.
     response.call_on_close(future.cancel)
     return response
