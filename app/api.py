@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -20,7 +19,7 @@ from app.options import TranscribeOptions, parse_options
 from app.outputs import now_iso, save_transcript
 from app.pipeline import Transcript
 from app.services import Services
-from app.uploads import current_services, local_path, uploaded_file
+from app.uploads import current_services, keep_file, local_path, uploaded_file
 
 bp = Blueprint("api", __name__)
 
@@ -147,7 +146,7 @@ def transcribe_async() -> tuple[Response, int]:
         with local_path(file) as path:
             # Reject what is plainly not audio now, rather than as a failed job later.
             audio.probe(path)
-            _keep(path, audio_path)
+            keep_file(path, audio_path)
         services.jobs.create(job_id, options, audio_path)
     except BaseException:
         shutil.rmtree(audio_path.parent, ignore_errors=True)
@@ -155,16 +154,6 @@ def transcribe_async() -> tuple[Response, int]:
     services.runner.notify()
     body = {"job_id": job_id, "status": "queued", "status_url": f"/status/{job_id}"}
     return jsonify(body), 202
-
-
-def _keep(source: Path, target: Path) -> None:
-    """Persist an upload for a job: a hard link when possible (same filesystem), else a copy."""
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 @bp.get("/status/<job_id>")

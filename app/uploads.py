@@ -67,18 +67,14 @@ def detached_copy(file: FileStorage) -> Path:
     """The upload under a new name in the uploads dir, owned by the caller: it outlives the request's files.
 
     A streamed response runs after Flask has closed (and so deleted) the request's upload; the caller
-    removes this copy when the response closes. A hard link costs nothing when the upload is on disk.
+    removes this copy when the response closes.
     """
     target = current_services().uploads_dir / f"upload-{uuid.uuid4().hex}"
     name = getattr(file.stream, "name", None)
     if isinstance(name, str) and os.path.isfile(name):
         file.stream.flush()
-        try:
-            os.link(name, target)
-            return target
-        except OSError:
-            pass
-    file.stream.seek(0)
+        keep_file(Path(name), target)
+        return target
     try:
         with target.open("xb") as out:
             shutil.copyfileobj(file.stream, out, 1024 * 1024)
@@ -86,3 +82,16 @@ def detached_copy(file: FileStorage) -> Path:
         target.unlink(missing_ok=True)
         raise
     return target
+
+
+def keep_file(source: Path, target: Path) -> None:
+    """Give a file on disk a second, lasting name: a hard link when possible (same filesystem), else a copy.
+
+    Written beside the target and renamed over it, so the target is never seen half-written.
+    """
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
