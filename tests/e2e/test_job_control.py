@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,6 +122,23 @@ def test_load_failure_is_503_with_retry_after_and_the_service_stays_up(tmp_path:
         started = time.monotonic()
         assert_error(post(server, "/transcribe/json", AISHELL), 503, "model_unavailable")
         assert time.monotonic() - started < 5
+        # Once a stream has begun its status is sent: the failure arrives as OpenAI's error event, then the end.
+        with open(AISHELL, "rb") as f:
+            streamed = requests.post(
+                server.url + "/v1/audio/transcriptions",
+                files={"file": ("a.wav", f)},
+                data={"model": "whisper-1", "stream": "true"},
+                timeout=60,
+            )
+        assert streamed.status_code == 200 and streamed.headers["Content-Type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: ") :]) for line in streamed.text.splitlines() if line]
+        assert [e["error"]["code"] for e in events] == ["model_unavailable"]
+        assert events[0]["error"]["type"] == "server_error"
+        chat = {"model": "whisper-1", "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        lines = requests.post(server.url + "/v1/chat/completions", json=chat, timeout=60).text.splitlines()
+        chunks = [json.loads(line[len("data: ") :]) for line in lines if line]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["error"]["code"] == "model_unavailable"
         job = submit(server, AISHELL).json()["job_id"]
         failed = wait_for(lambda: (body := status(server, job))["status"] == "failed" and body)
         assert "could not be loaded" in failed["error"]
