@@ -22,7 +22,7 @@ _UNSPACED = (
 )
 
 
-def _is_cjk(char: str) -> bool:
+def is_cjk(char: str) -> bool:
     """Whether char belongs to a script written without spaces between words."""
     code = ord(char)
     return any(low <= code <= high for low, high in _UNSPACED)
@@ -34,7 +34,7 @@ def join_text(parts: list[str]) -> str:
     for part in (p.strip() for p in parts):
         if not part:
             continue
-        if out and not (_is_cjk(out[-1]) and _is_cjk(part[0])):
+        if out and not (is_cjk(out[-1]) and is_cjk(part[0])):
             out += " "
         out += part
     return out

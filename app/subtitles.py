@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
 
-from app.formats import _is_cjk, cue_text, join_text
+from app.formats import cue_text, is_cjk, join_text
 from app.pipeline import Transcript, TranscriptSegment
 
 MAX_LINES = 2
@@ -140,7 +140,7 @@ def subtitle_text(text: str) -> str:
 def line_limit(text: str) -> int:
     """The line width for a cue's text: MAX_LINE_CHARS_CJK when most of its non-space characters are CJK."""
     counts = Counter(c for c in text if not c.isspace())
-    cjk = sum(n for c, n in counts.items() if _is_cjk(c))
+    cjk = sum(n for c, n in counts.items() if is_cjk(c))
     return MAX_LINE_CHARS_CJK if 2 * cjk > counts.total() else MAX_LINE_CHARS
 
 
@@ -157,7 +157,7 @@ def _break_level(before: str, at_space: bool) -> int:
 
 def _atoms(text: str) -> list[_Atom]:
     """The unbreakable pieces of a subtitle_text, each short enough for a line, with the breaks between them."""
-    cjk = {char: _is_cjk(char) for char in set(text)}  # looked up once per character, not per pair
+    cjk = {char: is_cjk(char) for char in set(text)}  # looked up once per character, not per pair
     atoms: list[_Atom] = []
     for word in text.split(" "):
         # Inside a word, break only next to a CJK character (or after a dash or ellipsis joining two words),

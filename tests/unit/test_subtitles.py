@@ -11,7 +11,7 @@ import pytest
 import srt
 import webvtt
 
-from app.formats import _is_cjk, render_srt, render_vtt
+from app.formats import is_cjk, render_srt, render_vtt
 from app.pipeline import Transcript, TranscriptSegment
 from app.subtitles import (
     MAX_CUE_MS,
@@ -60,7 +60,7 @@ def several_words(cue: Cue, token_ends: set[int], offset: int) -> bool:
     chars = "".join("".join(cue.lines).split())
     if any(offset < end < offset + len(chars) for end in token_ends):
         return True
-    return any(is_letter(a) and is_letter(b) and (_is_cjk(a) or _is_cjk(b)) for a, b in itertools.pairwise(chars))
+    return any(is_letter(a) and is_letter(b) and (is_cjk(a) or is_cjk(b)) for a, b in itertools.pairwise(chars))
 
 
 def check_breaks(seg_cues: list[Cue], text: str) -> None:
@@ -69,7 +69,7 @@ def check_breaks(seg_cues: list[Cue], text: str) -> None:
     whole = set()  # positions in the whitespace-free text inside a word that must not be cut
     pos = 0
     for tok in tokens:
-        if len(tok) <= MAX_LINE_CHARS_CJK and not any(_is_cjk(c) or c in "—…" for c in tok):
+        if len(tok) <= MAX_LINE_CHARS_CJK and not any(is_cjk(c) or c in "—…" for c in tok):
             whole.update(range(pos + 1, pos + len(tok)))
         pos += len(tok)
     pos = 0
@@ -100,7 +100,7 @@ def check_rules(t: Transcript) -> list[Cue]:
             # Lines: one or two, none empty or padded, none over the limit, nothing that breaks a cue block.
             assert 1 <= len(cue.lines) <= MAX_LINES
             cue_chars = "".join("".join(cue.lines).split())
-            cjk = sum(1 for c in cue_chars if _is_cjk(c))
+            cjk = sum(1 for c in cue_chars if is_cjk(c))
             limit = MAX_LINE_CHARS_CJK if cjk > len(cue_chars) - cjk else MAX_LINE_CHARS
             for line in cue.lines:
                 assert line and line == line.strip() and len(line) <= limit
