@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from flask import Flask, Request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.formparser import FormDataParser
 
 from app.devices import gpu_memory
@@ -15,6 +16,7 @@ from app.errors import register_error_handlers
 from app.security import install_security
 from app.services import BackendLoader, build_services
 from app.settings import Settings
+from app.storage import install_disk_guard
 
 
 def _upload_request_class(upload_dir: Path) -> type[Request]:
@@ -41,6 +43,24 @@ def _upload_request_class(upload_dir: Path) -> type[Request]:
     return UploadRequest
 
 
+# Form limits: the transcription options are a handful of short fields (a prompt is at most 4000 characters).
+# werkzeug applies the field limit to its parser's buffer too, which takes 64 KiB reads: keep it well above.
+MAX_FORM_PARTS = 100
+MAX_FORM_FIELD_BYTES = 256 * 1024
+
+
+class _JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with a body nested too deeply for the parser reported as invalid JSON (a 400), not a crash."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: object) -> object:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
+
+
 def create_app(settings: Settings | None = None, loader: BackendLoader | None = None) -> Flask:
     """Build the app; settings default to the environment, loader to the configured checkpoint."""
     if not logging.getLogger().handlers:
@@ -51,8 +71,10 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     services = build_services(settings, loader)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_size
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES
     app.request_class = _upload_request_class(services.uploads_dir)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = _JSONProvider(app)
     app.extensions["asr"] = services
 
     from app.api import bp
@@ -64,5 +86,7 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     app.register_blueprint(openapi_bp)
     register_error_handlers(app)
     install_security(app, settings)
+    # After the key check: a client without a key learns nothing of the disk.
+    install_disk_guard(app, services.disk)
     services.start()
     return app

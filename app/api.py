@@ -4,36 +4,62 @@ from __future__ import annotations
 
 import io
 import shutil
+import sqlite3
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
-from app import audio
+from app.checkpoints import missing
 from app.devices import gpu_memory
-from app.errors import JobNotFound, QueueFull
-from app.formats import render_srt, render_text, render_vtt, segments_json
-from app.jobs import new_job_id
+from app.errors import JobNotFound, QueueFull, quoted
+from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt, segments_json
+from app.jobs import Job, new_job_id
 from app.options import TranscribeOptions, parse_options
 from app.outputs import now_iso, save_transcript
 from app.pipeline import Transcript
+from app.security import caller
 from app.services import Services
-from app.uploads import current_services, keep_file, local_path, uploaded_file
+from app.uploads import client_check, current_services, keep_file, local_path, uploaded_file
 
 bp = Blueprint("api", __name__)
 
 
 @bp.get("/health")
 def health() -> Response:
-    """Liveness plus model, device and job figures; never waits on the model."""
+    """Liveness plus model, device, storage and job figures; never waits on the model, always 200 when up.
+
+    status is "degraded" when the service is up but cannot do its work as it stands (the model cannot be
+    loaded, the disk is full or unwritable); problems says why, in words an operator can act on.
+    """
     services = current_services()
     model = services.engine.status()
     gpu, allocated, reserved = gpu_memory()
-    counts = services.jobs.counts()
+    problems: list[str] = []
+    if model["state"] == "error":
+        problems.append(f"the model cannot be loaded: {model['error']}")
+    elif model["state"] == "unloaded" and (absent := missing(services.settings)) is not None:
+        # Known before any load is tried: the checkpoint is not on this machine and may not be fetched.
+        problems.append(f"the model cannot be loaded: {absent}")
+    jobs: dict[str, int] | None = None
+    try:
+        counts = services.jobs.counts()
+        jobs = {"queued": counts["queued"], "running": counts["processing"]}
+    except (sqlite3.Error, OSError) as exc:  # the job database is unreadable: report it, never fail the check
+        problems.append(f"the job database cannot be read: {exc}")
+    disk = {**services.disk.status(), "error": services.runner.storage_error}
+    if disk["low"]:
+        free = disk["free_bytes"]
+        shown = "unknown" if free is None else f"{free / 1024**2:.0f} MiB"
+        reserve = disk["reserve_bytes"] / 1024**2
+        problems.append(f"the data directory's disk is nearly full: {shown} free, {reserve:.0f} MiB kept in reserve")
+    if disk["error"]:
+        problems.append(f"jobs cannot be saved: {disk['error']}")
     return jsonify(
         {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "model_loaded": model["state"] == "loaded",
             "gpu_available": gpu,
             "gpu_memory_allocated_gb": allocated,
@@ -46,8 +72,10 @@ def health() -> Response:
                 "checkpoint": services.settings.checkpoint_path,
                 "variant": services.settings.variant,
                 "task": services.settings.model_variant.task,
+                "download": services.download.status(),
             },
-            "jobs": {"queued": counts["queued"], "running": counts["processing"]},
+            "storage": disk,
+            "jobs": jobs,
         }
     )
 
@@ -74,15 +102,14 @@ def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     services = current_services()
     options = _options(services)
     with local_path(file) as path:
-        transcript = services.pipeline.transcribe(path, options)
+        transcript = services.pipeline.transcribe(path, options, check=client_check())
     text, output_file = save_transcript(services.outputs_dir, transcript)
     return transcript, text, output_file
 
 
-def _attachment(body: str, filename: str, mimetype: str, output_file: str) -> Response:
-    response = send_file(
-        io.BytesIO(body.encode("utf-8")), mimetype=mimetype, as_attachment=True, download_name=filename
-    )
+def _attachment(body: str, filename: str, kind: str, output_file: str) -> Response:
+    response = send_file(io.BytesIO(body.encode("utf-8")), as_attachment=True, download_name=filename)
+    response.headers["Content-Type"] = CONTENT_TYPES[kind]
     response.headers["X-Output-File"] = output_file
     return response
 
@@ -92,7 +119,7 @@ def transcribe_text() -> Response:
     """The transcript as a text/plain attachment named after the upload."""
     file = uploaded_file()
     transcript, _, output_file = _run_sync(file)
-    return _attachment(render_text(transcript), f"{_stem(file)}.txt", "text/plain", output_file)
+    return _attachment(render_text(transcript), f"{_stem(file)}.txt", "text", output_file)
 
 
 @bp.post("/transcribe/json")
@@ -118,7 +145,7 @@ def transcribe_srt() -> Response:
     """The transcript as a SubRip attachment, in subtitle-sized cues within each segment's span."""
     file = uploaded_file()
     transcript, _, output_file = _run_sync(file)
-    return _attachment(render_srt(transcript), f"{_stem(file)}.srt", "application/x-subrip; charset=utf-8", output_file)
+    return _attachment(render_srt(transcript), f"{_stem(file)}.srt", "srt", output_file)
 
 
 @bp.post("/transcribe/vtt")
@@ -126,7 +153,7 @@ def transcribe_vtt() -> Response:
     """The transcript as a WebVTT attachment, with the same cues as the SRT."""
     file = uploaded_file()
     transcript, _, output_file = _run_sync(file)
-    return _attachment(render_vtt(transcript), f"{_stem(file)}.vtt", "text/vtt; charset=utf-8", output_file)
+    return _attachment(render_vtt(transcript), f"{_stem(file)}.vtt", "vtt", output_file)
 
 
 @bp.post("/transcribe/async")
@@ -137,7 +164,7 @@ def transcribe_async() -> tuple[Response, int]:
     options = _options(services)
     limit = services.settings.max_queued_jobs
     if services.jobs.counts()["queued"] >= limit:
-        # Refused before the upload is kept for a job, so a full queue holds no more audio on disk.
+        # A cheap early answer that spares the probe; the check that counts is the one inside create().
         raise QueueFull(f"{limit} jobs are already queued; try again later", retry_after=60)
     job_id = new_job_id()
     audio_path = services.runner.audio_path(job_id)
@@ -145,9 +172,9 @@ def transcribe_async() -> tuple[Response, int]:
     try:
         with local_path(file) as path:
             # Reject what is plainly not audio now, rather than as a failed job later.
-            audio.probe(path)
+            services.pipeline.probe(path)
             keep_file(path, audio_path)
-        services.jobs.create(job_id, options, audio_path)
+        services.jobs.create(job_id, options, audio_path, owner=caller().owner, max_queued=limit)
     except BaseException:
         shutil.rmtree(audio_path.parent, ignore_errors=True)
         raise
@@ -159,30 +186,32 @@ def transcribe_async() -> tuple[Response, int]:
 @bp.get("/status/<job_id>")
 def job_status(job_id: str) -> Response:
     """A job's state and progress; the transcription once completed, the error once failed."""
-    return jsonify(_job_body(job_id))
+    return jsonify(_job_body(_visible_job(job_id)))
 
 
 @bp.delete("/status/<job_id>")
 def job_delete(job_id: str) -> Response:
-    """Cancel a queued or running job; delete a finished one with its files."""
+    """Cancel a queued or running job; delete it once it has finished (so a retried DELETE only cancels)."""
     runner = current_services().runner
-    if runner.cancel(job_id) is not None:
-        return jsonify(_job_body(job_id))
+    _visible_job(job_id)
+    if runner.cancel(job_id) is not None or runner.is_running(job_id):
+        # Cancelled now, or cancelled earlier and still stopping: the job stays until its run has ended.
+        return jsonify(_job_body(_visible_job(job_id)))
     if runner.delete(job_id):
         return jsonify({"job_id": job_id, "status": "deleted"})
-    # Neither cancellable nor finished: it never existed, or another request deleted it just now.
-    raise JobNotFound(f"no job with id {_shown(job_id)}")
+    # Another request deleted it just now.
+    raise JobNotFound(f"no job with id {quoted(job_id)}")
 
 
-def _shown(job_id: str) -> str:
-    """A job id as error messages quote it: clipped, so a megabyte-long id is not echoed back."""
-    return repr(job_id if len(job_id) <= 64 else job_id[:64] + "...")
-
-
-def _job_body(job_id: str) -> dict[str, Any]:
+def _visible_job(job_id: str) -> Job:
+    """The job, if it exists for this caller: another key's job is a 404, exactly like a missing one."""
     job = current_services().jobs.get(job_id)
-    if job is None:
-        raise JobNotFound(f"no job with id {_shown(job_id)}")
+    if job is None or not caller().may_see(job.owner):
+        raise JobNotFound(f"no job with id {quoted(job_id)}")
+    return job
+
+
+def _job_body(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {
         "job_id": job.id,
         "status": job.status,

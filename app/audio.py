@@ -6,6 +6,7 @@ stream_segments() does both in one pass with memory bounded by a segment; decode
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import subprocess
@@ -18,7 +19,7 @@ from typing import IO
 
 import numpy as np
 
-from app.errors import UnsupportedAudio
+from app.errors import AudioTooLong, DecodeInterrupted, UnsupportedAudio
 
 SAMPLE_RATE = 16000
 # Cuts move back to the quietest point within this many seconds before the nominal cut.
@@ -33,6 +34,19 @@ PROBE_TIMEOUT_SECONDS = 60
 MIN_SOURCE_RATE = 1000
 MAX_SOURCE_RATE = 768_000
 MAX_SOURCE_CHANNELS = 64
+# The demuxers ffmpeg may use: real audio and video containers. ffmpeg detects formats by content, and some
+# that it would pick read other files or URLs (hls, dash, concat playlists), synthesize hours of audio from a
+# few bytes (sbg scripts, lavfi) or open devices; none of those is on this list, and a file detected as one
+# is refused (the probe included). Names are ffmpeg's: a demuxer matches if any of its names is listed.
+ALLOWED_FORMATS = (
+    "aac", "ac3", "aiff", "amr", "amrnb", "amrwb", "ape", "asf", "au", "avi", "caf", "dsf", "dts", "dtshd",
+    "dv", "eac3", "flac", "flv", "loas", "matroska", "webm", "mlp", "mov", "mp4", "m4a", "3gp", "mp3", "mpc",
+    "mpc8", "mpeg", "mpegts", "mxf", "nistsphere", "nut", "ogg", "qcp", "rm", "shn", "tak", "truehd", "tta",
+    "voc", "w64", "wav", "wv", "xwma",
+)  # fmt: skip
+# Input options of every ffmpeg and ffprobe run on an upload: the only protocol is a local file (the upload
+# itself: no allowed demuxer opens another), and only the formats above.
+INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_FORMATS))
 # ffmpeg's output is read a second at a time; decode() collects it in blocks of about a minute.
 _READ_SAMPLES = SAMPLE_RATE
 _READ_BYTES = _READ_SAMPLES * 4
@@ -62,7 +76,7 @@ class Segment:
         return self.end_sample / SAMPLE_RATE
 
 
-def decode(path: str | Path) -> np.ndarray:
+def decode(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
     """Decode the first audio stream of any ffmpeg-readable file to float32 mono 16 kHz samples.
 
     The samples are read from ffmpeg in blocks and copied once into the result, so the peak is about one
@@ -70,7 +84,7 @@ def decode(path: str | Path) -> np.ndarray:
     """
     blocks: list[np.ndarray] = []
     total = 0
-    with _PcmReader(path) as reader:
+    with _PcmReader(path, max_seconds) as reader:
         while not reader.eof:
             block = np.empty(_DECODE_BLOCK_SAMPLES, dtype=np.float32)
             got = reader.fill(block.view(np.uint8).data) // 4
@@ -94,7 +108,9 @@ def decode(path: str | Path) -> np.ndarray:
     return samples
 
 
-def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segment, None, None]:
+def stream_segments(
+    path: str | Path, segment_duration: float, max_seconds: float | None = None
+) -> Generator[Segment, None, None]:
     """Decode and cut in one pass: the segments split(decode(path), segment_duration) gives, as they decode.
 
     One ffmpeg process decodes straight to 16 kHz mono float32 on a pipe. It is read a second at a time
@@ -103,9 +119,10 @@ def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segm
     split()'s. Each segment's samples are its own copy, so memory stays at about two segments whatever
     the length of the file; the last segment's end is the duration of the audio.
 
-    Raises UnsupportedAudio like decode(). A failure ffmpeg reports only when it exits (a file corrupt
-    midway) is raised after the segments before it were yielded, never after the last one. Closing the
-    generator early, or an exception in the consumer, kills ffmpeg and reaps it.
+    Raises UnsupportedAudio like decode(), and AudioTooLong once more than max_seconds have decoded. A
+    failure ffmpeg reports only when it exits (a file corrupt midway) is raised after the segments before
+    it were yielded, never after the last one. Closing the generator early, or an exception in the
+    consumer, kills ffmpeg and reaps it.
     """
     size = round(segment_duration * SAMPLE_RATE)
     if size < 1:
@@ -119,7 +136,7 @@ def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segm
     clean = 0  # buf[:clean] has had non-finite values replaced
     start = 0  # position of buf[0] in the audio
     index = 0
-    with _PcmReader(path) as reader:
+    with _PcmReader(path, max_seconds) as reader:
         while True:
             while not reader.eof and filled_bytes // 4 <= size:
                 filled_bytes += reader.read(view[filled_bytes : min(filled_bytes + _READ_BYTES, len(view))])
@@ -143,24 +160,27 @@ def stream_segments(path: str | Path, segment_duration: float) -> Generator[Segm
             clean -= cut
 
 
-def probe(path: str | Path) -> None:
+def probe(path: str | Path, max_seconds: float | None = None) -> None:
     """Check that the file holds audio ffmpeg decodes, at a plausible rate; raise UnsupportedAudio if not.
 
-    Three cheap checks: ffprobe finds an audio stream, its sample rate and channel count are plausible (a
-    header claiming 1 Hz would turn a few kilobytes into hours of audio), and its first second decodes to
-    samples (a stream of an unknown codec, or one with no samples, passes ffprobe but not this).
+    Four cheap checks: ffprobe finds an audio stream in an allowed format, its sample rate and channel
+    count are plausible (a header claiming 1 Hz would turn a few kilobytes into hours of audio), the
+    duration its header states is within max_seconds (AudioTooLong otherwise; decoding enforces the cap
+    too, for files that state none or lie), and its first second decodes to samples (a stream of an
+    unknown codec, or one with no samples, passes ffprobe but not this).
     """
     cmd = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=codec_type,sample_rate,channels", "-of", "json", str(path),
+        "ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", "a:0",
+        "-show_entries", "stream=codec_type,sample_rate,channels,duration:format=duration", "-of", "json", str(path),
     ]  # fmt: skip
     proc = _run_probe(cmd)
     if proc.returncode != 0:
         raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
     try:
-        streams = json.loads(proc.stdout or b"{}").get("streams") or []
+        info = json.loads(proc.stdout or b"{}")
     except ValueError:
-        streams = []
+        info = {}
+    streams = info.get("streams") or []
     if not streams or streams[0].get("codec_type") != "audio":
         raise UnsupportedAudio("not decodable audio: the file has no audio stream")
     rate, channels = _as_int(streams[0].get("sample_rate")), _as_int(streams[0].get("channels"))
@@ -170,8 +190,11 @@ def probe(path: str | Path) -> None:
         )
     if channels is not None and not 1 <= channels <= MAX_SOURCE_CHANNELS:
         raise UnsupportedAudio(f"implausible channel count {channels}: audio must have 1 to {MAX_SOURCE_CHANNELS}")
+    stated = _as_float(streams[0].get("duration")) or _as_float((info.get("format") or {}).get("duration"))
+    if max_seconds is not None and stated is not None and stated > max_seconds:
+        raise too_long(max_seconds, f"it lasts {stated:.0f} s")
     decode_start = [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-t", "1",
+        "ffmpeg", "-nostdin", "-v", "error", *INPUT_GUARD, "-i", str(path), "-map", "0:a:0", "-t", "1",
         "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
     ]  # fmt: skip
     proc = _run_probe(decode_start)
@@ -181,11 +204,29 @@ def probe(path: str | Path) -> None:
         raise UnsupportedAudio("the file contains no audio samples")
 
 
+def too_long(max_seconds: float, what: str) -> AudioTooLong:
+    """The error for audio over the server's duration cap."""
+    return AudioTooLong(f"the audio is longer than this server's limit of {max_seconds:g} s ({what})")
+
+
 def _run_probe(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+        # A session of its own: Ctrl-C in the service's terminal stops the service, which stops ffmpeg.
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         raise UnsupportedAudio("probing the upload took too long") from None
+    _check_signalled(proc.returncode)
+    return proc
+
+
+def _check_signalled(returncode: int) -> None:
+    """DecodeInterrupted if a signal stopped ffmpeg: that is an interruption, not a verdict on the file."""
+    # Killed outright (a negative code), or stopped by its own handler: ffmpeg exits 255 only after a signal
+    # (its errors exit 1), and says so only at a log level above the one used here.
+    if returncode < 0 or returncode == 255:
+        raise DecodeInterrupted("decoding was interrupted (ffmpeg was stopped by a signal)", retry_after=5)
 
 
 def _as_int(value: object) -> int | None:
@@ -193,6 +234,14 @@ def _as_int(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def _as_float(value: object) -> float | None:
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def _sanitize(samples: np.ndarray) -> None:
@@ -210,9 +259,9 @@ class _PcmReader:
     `with` block, however it is left, kills ffmpeg if it is still running and reaps it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_seconds: float | None = None) -> None:
         cmd = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *INPUT_GUARD,
             "-i", str(path),
             "-map", "0:a:0", "-vn", "-sn", "-dn",
             "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le",
@@ -221,11 +270,21 @@ class _PcmReader:
             "pipe:1",
         ]  # fmt: skip
         self.eof = False
+        self._max_seconds = max_seconds
+        # Bytes ffmpeg may write before the audio is over the duration cap (one more sample says it is).
+        self._allowed = None if max_seconds is None else math.floor(max_seconds * SAMPLE_RATE) * 4
+        self._read = 0
         self._budget = float(DECODE_TIMEOUT_SECONDS)
         self._head = bytearray()
         self._tail = bytearray()
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            # A session of its own: Ctrl-C in the service's terminal must not reach it (the service stops it).
+            start_new_session=True,
         )
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._fd = self._proc.stdout.fileno()
@@ -254,6 +313,11 @@ class _PcmReader:
             if ready:
                 got = os.readv(self._fd, [view])
                 self.eof = got == 0
+                self._read += got
+                if self._allowed is not None and self._read > self._allowed:
+                    self.close()
+                    assert self._max_seconds is not None
+                    raise too_long(self._max_seconds, "it was cut off while decoding")
                 return got
 
     def fill(self, view: memoryview) -> int:
@@ -272,6 +336,7 @@ class _PcmReader:
             raise UnsupportedAudio("decoding the upload took too long") from None
         self._stderr_thread.join(timeout=10)
         if returncode != 0:
+            _check_signalled(returncode)
             raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(self._stderr())}")
 
     def close(self) -> None:
@@ -308,6 +373,11 @@ def _ffmpeg_reason(stderr: bytes) -> str:
         return "ffmpeg could not read it"
     if any("matches no streams" in ln for ln in lines):
         return "the file has no audio stream"
+    refused = next((ln for ln in lines if "not on whitelist" in ln), None)
+    if refused is not None:
+        # "[hls @ 0x...] Format not on whitelist '...'": name the format, not the list.
+        found = refused[1:].split(" @", 1)[0] if refused.startswith("[") else "unknown"
+        return f"{found} is not an audio or video format this server reads"
     # ffmpeg prefixes many messages with the input path; keep only what follows it.
     return lines[-1].split(": ", 1)[-1][:300]
 

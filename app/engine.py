@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.backends import Backend, BackendOutOfMemory, GenerationRequest, GenerationResult
-from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory
+from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory, ServiceError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Engine:
         self._held = 0  # segments the worker has taken off the queue but not finished
         self._loads = 0
         self._thread: threading.Thread | None = None
+        # Set by stop(): nothing new is taken, and no model is loaded any more.
+        self._stopping = False
 
     def start(self) -> None:
         """Start the worker thread (once)."""
@@ -84,13 +86,18 @@ class Engine:
                 self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the batch in hand, unload, and end the worker thread."""
+        """Finish the batch in hand, fail what waits (ShuttingDown), unload, and end the worker thread."""
+        with self._lock:
+            self._stopping = True
         self._queue.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
 
     def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[GenerationResult]]:
         """Queue segments for generation; each future resolves to the segment's result or raises."""
+        with self._lock:
+            if self._stopping:
+                raise _shutting_down()
         self.start()
         futures: list[Future[GenerationResult]] = []
         for request in requests:
@@ -144,15 +151,16 @@ class Engine:
                 if item is _STOP:
                     break
                 pending.append(item)
-            stop = self._drain(pending)
+            if self._drain(pending):
+                break
             batch = self._take_batch(pending)
             self._hold(len(batch) + len(pending))
             if batch:
                 self._process(batch, pending)
             self._hold(len(pending))
-            if stop:
-                break
-        self._fail_all(pending, ModelUnavailable("the service is shutting down"))
+        # What was submitted after the stop marker, or while it was being reached, fails too: nothing hangs.
+        self._drain(pending)
+        self._fail_all(pending, _shutting_down())
         self._unload()
 
     def _hold(self, count: int) -> None:
@@ -202,9 +210,11 @@ class Engine:
         if backend is None:
             # Everything waiting would fail the same way; fail it now rather than reload per item.
             wait = max(1, math.ceil(self._retry_at - self._clock()))
-            error = ModelUnavailable(
+            error: ServiceError = ModelUnavailable(
                 f"model could not be loaded: {self._error} (next attempt in {wait} s)", retry_after=wait
             )
+            if self._stopping:
+                error = _shutting_down()
             self._fail_all(live, error, running=True)
             self._fail_all(pending, error)
             pending.clear()
@@ -249,6 +259,11 @@ class Engine:
     def _ensure_loaded(self) -> Backend | None:
         if self._backend is not None:
             return self._backend
+        if self._stopping:
+            # Loading while the interpreter shuts down fails in obscure ways (and would be undone at once).
+            with self._lock:
+                self._state, self._error = ModelState.UNLOADED, None
+            return None
         if self._state is ModelState.ERROR and self._clock() < self._retry_at:
             return None
         with self._lock:
@@ -260,7 +275,9 @@ class Engine:
             log.exception("model load failed")
             self._release()
             with self._lock:
-                self._state, self._error = ModelState.ERROR, f"{type(exc).__name__}: {exc}"
+                # Our own errors (a missing checkpoint) carry advice meant for the operator, as they are.
+                reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                self._state, self._error = ModelState.ERROR, reason
                 self._backoff = min(self._backoff_max, self._backoff * 2 or self._backoff_first)
                 self._retry_at = self._clock() + self._backoff
             return None
@@ -297,3 +314,7 @@ class Engine:
         for work in items:
             if running or work.future.set_running_or_notify_cancel():
                 work.future.set_exception(error)
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("the service is shutting down; send the request again once it is back", retry_after=10)

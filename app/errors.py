@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import reprlib
+import sqlite3
 from typing import Any
 
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+
+# Client input quoted in an error message is clipped to this: a 2 MB model name or a list of 200,000 numbers
+# must not come back whole. reprlib bounds strings, containers and their nesting alike.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 80
+_QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 6
+_QUOTE.maxlevel = 2
+# No error message is longer than this, whatever built it.
+MAX_MESSAGE_CHARS = 1000
+
+
+def quoted(value: object) -> str:
+    """A client's value as an error message quotes it: its repr, clipped."""
+    return _QUOTE.repr(value)
 
 
 class ServiceError(Exception):
@@ -65,6 +82,28 @@ class UploadTooLarge(ServiceError):
     code = "upload_too_large"
 
 
+class AudioTooLong(ServiceError):
+    """The audio lasts longer than the server's duration cap."""
+
+    status = 413
+    code = "audio_too_long"
+
+
+class RequestTimeout(ServiceError, TimeoutError):
+    """The client sent its request (head or body) too slowly; an OSError too, for the HTTP server's handlers."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its answer was ready: the work for it is stopped."""
+
+    # nginx's "client closed request": nobody reads it, but the access log says what happened.
+    status = 499
+    code = "client_disconnected"
+
+
 class UnsupportedAudio(ServiceError):
     """ffmpeg cannot decode the upload into audio samples."""
 
@@ -99,6 +138,57 @@ class ModelUnavailable(ServiceError):
 
     status = 503
     code = "model_unavailable"
+
+
+class ShuttingDown(ServiceError):
+    """The service is stopping; the work was not done and may be sent again after the restart."""
+
+    status = 503
+    code = "shutting_down"
+
+
+class DecodeInterrupted(ServiceError):
+    """ffmpeg was stopped by a signal: the decode was interrupted, which says nothing about the file."""
+
+    status = 503
+    code = "decode_interrupted"
+
+
+class InsufficientStorage(ServiceError):
+    """The data directory is full (or below its free-space reserve)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class StorageUnavailable(ServiceError):
+    """The data directory or the job database cannot be written (read-only, I/O error)."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
+def storage_error(exc: BaseException) -> ServiceError | None:
+    """The client-facing error for a failure to write the data directory; None if exc is not one."""
+    if isinstance(exc, ServiceError):
+        return None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(
+            "the server's disk is full: no room to store the upload or its results", retry_after=60
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EIO):
+        return StorageUnavailable(f"the server cannot write its data directory ({exc.strerror})", retry_after=30)
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "full" in text:
+            return InsufficientStorage("the server's disk is full: the job database cannot grow", retry_after=60)
+        if "readonly" in text or "read-only" in text or "disk i/o" in text or "unable to open" in text:
+            return StorageUnavailable(f"the job database cannot be written ({exc})", retry_after=30)
+    return None
+
+
+class CheckpointError(ModelUnavailable):
+    """The checkpoint cannot be found or fetched; the message says what to do."""
 
 
 class OutOfMemory(ServiceError):
@@ -145,6 +235,8 @@ def is_openai_route() -> bool:
 
 
 def _json_error(status: int, code: str, message: str, param: str | None = None) -> Response:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
     if is_openai_route():
         status = _OPENAI_STATUS.get(status, status)
         response = jsonify(openai_error_body(status, code, message, param))
@@ -171,7 +263,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         if exc.status >= 500:
-            log.error("%s: %s", exc.code, exc.message)
+            # Refusals that say the service is busy, stopping or out of room are operational, not faults.
+            (log.warning if exc.status in (503, 507) else log.error)("%s: %s", exc.code, exc.message)
         response = _json_error(exc.status, exc.code, exc.message, exc.param)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -181,12 +274,20 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ServiceError):
+            # werkzeug reports a failed body read as its own 400 (a client that left): the read's own error,
+            # such as a body that arrived too slowly, is what happened.
+            return _service_error(cause)
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
+        if status == 404:
+            message = (
+                f"no route {request.method} {quoted(request.path)[1:-1]}; see /openapi.json for this server's routes"
+            )
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"upload is larger than the limit of {limit} bytes"
+            message = _too_large_message(app)
         if status == 429:
             message = f"rate limit exceeded ({exc.description}); try again after Retry-After seconds"
         response = _json_error(status, code, message)
@@ -196,6 +297,27 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        storage = storage_error(exc)
+        if storage is not None:
+            # Not a bug: the disk is full or read-only. Say so, with the status that names it.
+            log.error("storage error: %s", exc)
+            return _service_error(storage)
         # A bug, not a client error: log the traceback here, never send it.
         log.exception("unhandled error")
         return _json_error(500, "internal_error", "internal server error")
+
+
+def _too_large_message(app: Flask) -> str:
+    """Which limit a 413 from werkzeug hit: the upload's size, or the form's part count or text field size."""
+    upload = f"upload is larger than the limit of {app.config.get('MAX_CONTENT_LENGTH')} bytes"
+    if not (has_request_context() and request.mimetype == "multipart/form-data"):
+        return upload
+    form = (
+        f"the form is over its limits: at most {app.config.get('MAX_FORM_PARTS')} parts, and at most "
+        f"{app.config.get('MAX_FORM_MEMORY_SIZE')} bytes in a text field (the audio goes in the file part)"
+    )
+    length, limit = request.content_length, app.config.get("MAX_CONTENT_LENGTH")
+    if length is None:
+        # A chunked body has no length to tell the two apart.
+        return f"{upload}, or {form}"
+    return upload if limit is not None and length > limit else form

@@ -10,6 +10,14 @@ import webvtt
 
 from app.pipeline import Transcript
 
+# The Content-Type of each text rendering, complete: set as is (werkzeug would append a second charset to a
+# text/* mimetype that already names one).
+CONTENT_TYPES = {
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
 # Scripts written without spaces between words: CJK symbols and punctuation, kana, Han, fullwidth forms.
 # Hangul is left out on purpose: Korean separates words with spaces.
 _UNSPACED = (

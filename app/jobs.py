@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -16,11 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import ServiceError
+from app.errors import (
+    DecodeInterrupted,
+    ModelUnavailable,
+    QueueFull,
+    ServiceError,
+    ShuttingDown,
+    storage_error,
+)
 from app.formats import segments_json, transcript_text
 from app.options import TranscribeOptions
 from app.outputs import now_iso, reserve_output, write_reserved
 from app.pipeline import Pipeline
+from app.storage import DiskGuard
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     output_file TEXT,
-    error TEXT
+    error TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 """
+# Columns added since the first schema, with their definitions: a database from an older version gains them.
+_ADDED_COLUMNS = {"owner": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class Job:
     result: dict[str, Any] | None
     output_file: str | None
     error: str | None
+    # Who submitted it: the digest of the API key it came with, or None when the server had no keys.
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -82,9 +96,17 @@ class JobStore:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        # Held open for the store's lifetime: SQLite removes the WAL and its index when the last connection
+        # closes, and recreating them takes disk space, so without this one even reads fail on a full disk.
+        # It only holds them once it has used the WAL itself, so the schema is set up through it.
+        self._keeper = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._keeper.row_factory = sqlite3.Row
+        self._keeper.execute("PRAGMA journal_mode=WAL")
+        self._keeper.executescript(_SCHEMA)
+        present = {row["name"] for row in self._keeper.execute("PRAGMA table_info(jobs)")}
+        for column, definition in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._keeper.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -96,13 +118,35 @@ class JobStore:
         finally:
             db.close()
 
-    def create(self, job_id: str, options: TranscribeOptions, audio_path: Path) -> None:
-        """Record a queued job whose audio is already saved at audio_path."""
+    def create(
+        self,
+        job_id: str,
+        options: TranscribeOptions,
+        audio_path: Path,
+        *,
+        owner: str | None = None,
+        max_queued: int | None = None,
+    ) -> None:
+        """Record a queued job whose audio is already saved at audio_path; QueueFull if max_queued are waiting.
+
+        The count and the insert are one transaction, so simultaneous submits cannot all pass the check.
+        """
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO jobs (id, status, options, audio_path, created_at) VALUES (?, 'queued', ?, ?, ?)",
-                (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso()),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_queued is not None:
+                    waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+                    if waiting >= max_queued:
+                        raise QueueFull(f"{max_queued} jobs are already queued; try again later", retry_after=60)
+                db.execute(
+                    "INSERT INTO jobs (id, status, options, audio_path, created_at, owner)"
+                    " VALUES (?, 'queued', ?, ?, ?, ?)",
+                    (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
@@ -157,6 +201,15 @@ class JobStore:
             db.execute(
                 "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ? AND status = 'processing'",
                 (now_iso(), error, job_id),
+            )
+
+    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None:
+        """Put a running job back in the queue (its run was interrupted, not failed); the attempt may be uncounted."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'queued', segments_done = 0, attempts = attempts - ?"
+                " WHERE id = ? AND status = 'processing'",
+                (0 if count_attempt else 1, job_id),
             )
 
     def cancel(self, job_id: str) -> str | None:
@@ -231,8 +284,21 @@ class JobCancelled(Exception):
     """Raised inside a running job's pipeline once the client cancelled it."""
 
 
+class JobInterrupted(Exception):
+    """Raised inside a running job's pipeline when the service is stopping: the job runs again after the restart."""
+
+
+# A runner that cannot reach the job database waits this long before trying again, doubling up to the second.
+STORE_RETRY_SECONDS = (0.5, 30.0)
+
+
 class JobRunner:
-    """Threads that take queued jobs from the store and run them through the pipeline."""
+    """Threads that take queued jobs from the store and run them through the pipeline.
+
+    A runner thread never dies of a job or of the database: a failed job fails, a database error (a full
+    disk, a read-only file) is retried with a backoff until it clears, and a job whose run was interrupted
+    (the model cannot load yet, the service is stopping) goes back to the queue rather than failing.
+    """
 
     def __init__(
         self,
@@ -243,8 +309,12 @@ class JobRunner:
         workers: int,
         retention_seconds: float = 0,
         clock: Callable[[], float] = time.time,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.store = store
+        # No job is started while the data directory's disk is below its reserve: it would fail for want of
+        # room to write its result. Queued jobs wait until space comes back.
+        self.disk = disk
         self.pipeline = pipeline
         self.jobs_dir = jobs_dir
         self.outputs_dir = outputs_dir
@@ -255,6 +325,12 @@ class JobRunner:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._cancelled: set[str] = set()
+        # Jobs a runner thread is working on now (a cancelled one stays here until its run has stopped).
+        self._running: set[str] = set()
+        # No claims before this time (time.monotonic()): the model is in a load backoff.
+        self._paused_until = 0.0
+        # The last storage failure a runner met (message), cleared by the next successful write; for /health.
+        self.storage_error: str | None = None
 
     def audio_path(self, job_id: str) -> Path:
         """Where a job's uploaded audio is kept until the job ends."""
@@ -287,6 +363,11 @@ class JobRunner:
             for tmp in self.outputs_dir.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
+    def is_running(self, job_id: str) -> bool:
+        """Whether a runner thread is still working on the job (a cancelled one, until it has stopped)."""
+        with self._wake:
+            return job_id in self._running
+
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had, or None if it had already finished.
 
@@ -301,7 +382,9 @@ class JobRunner:
         return previous
 
     def delete(self, job_id: str) -> bool:
-        """Delete a finished job with its files; False when there is none or it has not finished."""
+        """Delete a finished job with its files; False when there is none, it has not finished or is still stopping."""
+        if self.is_running(job_id):
+            return False
         job = self.store.delete(job_id)
         if job is None:
             return False
@@ -336,13 +419,7 @@ class JobRunner:
 
     def _expire_periodically(self) -> None:
         interval = min(3600.0, max(1.0, self.retention_seconds / 10))
-        while True:
-            with self._wake:
-                if self._stopping:
-                    return
-                self._wake.wait(timeout=interval)
-                if self._stopping:
-                    return
+        while self._sleep(interval):
             try:
                 self.expire()
             except Exception:  # a failed sweep is retried at the next interval, never fatal
@@ -353,35 +430,89 @@ class JobRunner:
         with self._wake:
             self._wake.notify()
 
-    def stop(self) -> None:
-        """Ask the runners to stop after their current job."""
+    def stop(self, timeout: float = 0) -> None:
+        """Stop the runners: running jobs are interrupted and requeued; waits up to timeout for them to stop."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to seconds, or until stop() or notify(); False once the runners are stopping."""
+        with self._wake:
+            if not self._stopping:
+                self._wake.wait(timeout=seconds)
+            return not self._stopping
 
     def _run(self) -> None:
+        failures = 0
         while True:
             with self._wake:
                 if self._stopping:
                     return
-            job = self.store.claim_next()
+                paused = self._paused_until - time.monotonic()
+            if paused > 0:
+                self._sleep(paused)
+                continue
+            if self.disk is not None and self.disk.low():
+                # /health reports the low disk itself; jobs simply wait for room.
+                self._sleep(2.0)
+                continue
+            try:
+                job = self.store.claim_next()
+            except Exception as exc:  # the database is unwritable for now: wait, never die
+                log.warning("claiming a job failed; retrying", exc_info=True)
+                failures += 1
+                self._note_storage(exc)
+                self._sleep(_backoff(failures))
+                continue
+            failures = 0
+            self.storage_error = None  # the database took a write again
             if job is None:
-                with self._wake:
-                    # The timeout also picks up jobs queued by another process sharing the data dir.
-                    self._wake.wait(timeout=2.0)
+                # The timeout also picks up jobs queued by another process sharing the data dir.
+                self._sleep(2.0)
                 continue
             self._execute(job)
 
-    def _progress(self, job_id: str, done: int, total: int) -> None:
+    def _note_storage(self, exc: BaseException) -> None:
+        error = storage_error(exc)
+        self.storage_error = error.message if error is not None else f"{type(exc).__name__}: {exc}"
+
+    def _check(self, job_id: str) -> None:
+        """Raise if the running job must stop: cancelled by its client, or the service is stopping."""
         with self._wake:
             if job_id in self._cancelled:
                 raise JobCancelled(job_id)
+            if self._stopping:
+                raise JobInterrupted(job_id)
+
+    def _progress(self, job_id: str, done: int, total: int) -> None:
+        self._check(job_id)
         self.store.set_progress(job_id, done, total)
 
     def _execute(self, job: Job) -> None:
+        with self._wake:
+            self._running.add(job.id)
+        try:
+            finished = self._record(job, self._attempt(job))
+        finally:
+            with self._wake:
+                self._cancelled.discard(job.id)
+                self._running.discard(job.id)
+        if finished:
+            # Once the job has ended its audio is no longer needed (a requeued job keeps it for its next run).
+            shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
+
+    def _attempt(self, job: Job) -> Callable[[], bool]:
+        """Run the job once; returns the write that records how it went (True when that ends the job)."""
         try:
             transcript = self.pipeline.transcribe(
-                job.audio_path, job.options, on_progress=lambda done, total: self._progress(job.id, done, total)
+                job.audio_path,
+                job.options,
+                on_progress=lambda done, total: self._progress(job.id, done, total),
+                check=lambda: self._check(job.id),
             )
             text = transcript_text(transcript)
             # A rerun after a crash rewrites the name its first attempt reserved: one output per job, ever.
@@ -389,24 +520,80 @@ class JobRunner:
             if job.output_file is None:
                 self.store.set_output_file(job.id, output_file)
             write_reserved(self.outputs_dir, output_file, text + "\n")
-            result = {
-                "transcription": text,
-                "duration": transcript.duration,
-                "language": transcript.language,
-                "segments": segments_json(transcript),
-            }
+        except JobCancelled:
+            log.info("job %s cancelled while running", job.id)
+            return lambda: True
+        except (JobInterrupted, ShuttingDown):
+            log.info("job %s interrupted by the shutdown; it runs again after the restart", job.id)
+            return functools.partial(self._requeue, job, count_attempt=False)
+        except ModelUnavailable as exc:
+            # The model cannot load yet (a backoff, a download to come): wait for it rather than fail the job.
+            with self._wake:
+                self._paused_until = time.monotonic() + (exc.retry_after or 2)
+            log.info("job %s waits for the model: %s", job.id, exc.message)
+            return functools.partial(self._requeue, job, count_attempt=False)
+        except DecodeInterrupted as exc:
+            log.warning("job %s: %s; it is queued again", job.id, exc.message)
+            return functools.partial(self._requeue, job, count_attempt=True, reason=exc.message)
+        except ServiceError as exc:
+            return functools.partial(self._fail, job, exc.message)
+        except Exception as exc:  # one job's crash must not stop the runner
+            if storage_error(exc) is not None:
+                # The disk filled (or went read-only) under the job: not its fault. It runs again once the
+                # runners can write (claims wait while the disk is low), and fails only after MAX_ATTEMPTS.
+                log.error("job %s could not be saved (%s); it is queued again", job.id, exc)
+                reason = f"its results could not be saved: {exc}"
+                return functools.partial(self._requeue, job, count_attempt=True, reason=reason)
+            log.exception("job %s failed", job.id)
+            return functools.partial(self._fail, job, f"{type(exc).__name__}: {exc}")
+        result = {
+            "transcription": text,
+            "duration": transcript.duration,
+            "language": transcript.language,
+            "segments": segments_json(transcript),
+        }
+
+        def complete() -> bool:
             if not self.store.complete(job.id, result, output_file):
                 # Cancelled in the moment between its last segment and now: it leaves nothing behind.
                 (self.outputs_dir / output_file).unlink(missing_ok=True)
-        except JobCancelled:
-            log.info("job %s cancelled while running", job.id)
-        except ServiceError as exc:
-            self.store.fail(job.id, exc.message)
-        except Exception as exc:  # one job's crash must not stop the runner
-            log.exception("job %s failed", job.id)
-            self.store.fail(job.id, f"{type(exc).__name__}: {exc}")
-        finally:
-            with self._wake:
-                self._cancelled.discard(job.id)
-        # Once the job has ended its audio is no longer needed.
-        shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
+            return True
+
+        return complete
+
+    def _fail(self, job: Job, message: str) -> bool:
+        self.store.fail(job.id, message)
+        return True
+
+    def _requeue(self, job: Job, *, count_attempt: bool, reason: str = "") -> bool:
+        """Back to the queue; a job interrupted MAX_ATTEMPTS times by faults is failed instead (True)."""
+        if count_attempt and job.attempts >= MAX_ATTEMPTS:
+            self.store.fail(job.id, f"it was interrupted {job.attempts} times; the last time {reason}")
+            return True
+        self.store.requeue(job.id, count_attempt=count_attempt)
+        self.notify()
+        return False
+
+    def _record(self, job: Job, write: Callable[[], bool]) -> bool:
+        """Apply a job's final write, retrying while the database cannot take it; whether the job ended.
+
+        Should the runners stop first, the job is left as it is: processing, requeued at the next start.
+        """
+        failures = 0
+        while True:
+            try:
+                finished = write()
+            except Exception as exc:  # the database is unwritable for now: retry, never die
+                log.warning("recording job %s's outcome failed; retrying", job.id, exc_info=True)
+                failures += 1
+                self._note_storage(exc)
+                if not self._sleep(_backoff(failures)):
+                    return False
+                continue
+            self.storage_error = None
+            return finished
+
+
+def _backoff(failures: int) -> float:
+    first, most = STORE_RETRY_SECONDS
+    return float(min(most, first * 2 ** (failures - 1)))

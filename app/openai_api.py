@@ -12,16 +12,27 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from app import audio
 from app.backends import ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
-from app.errors import InvalidOption, InvalidRequest, ModelNotFound, ServiceError, openai_error_body
-from app.formats import join_text, render_srt, render_text, render_vtt
+from app.checkpoints import context_tokens, is_local
+from app.errors import (
+    AudioTooLong,
+    InvalidOption,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceError,
+    openai_error_body,
+    quoted,
+)
+from app.formats import CONTENT_TYPES, join_text, render_srt, render_text, render_vtt
 from app.options import (
     LANGUAGES,
     MAX_SEGMENT_SECONDS,
@@ -32,10 +43,10 @@ from app.options import (
     parse_options,
 )
 from app.outputs import save_transcript
-from app.pipeline import Transcript, TranscriptSegment
+from app.pipeline import CHECK_SECONDS, Check, Transcript, TranscriptSegment
 from app.services import Services
 from app.settings import Settings
-from app.uploads import current_services, detached_copy, local_path, temporary_file, uploaded_file
+from app.uploads import client_check, current_services, detached_copy, local_path, temporary_file, uploaded_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,8 @@ STREAM_FORMATS = ("json", "text")
 # Names OpenAI clients send by default: accepted for this server's one model, so tools that hard-code
 # them work unchanged.
 MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+# All the audio of one conversation: one segment's worth, what the model hears at once in transcription too.
+MAX_CHAT_AUDIO_SECONDS = MAX_SEGMENT_SECONDS
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 STARTED = int(time.time())
 
@@ -57,7 +70,7 @@ STARTED = int(time.time())
 def model_id(settings: Settings) -> str:
     """The id /v1/models lists: the Hub id, or the directory name of a local checkpoint (never a path)."""
     path = settings.checkpoint_path
-    if path.startswith(("/", ".", "~")) or Path(path).is_absolute() or path.count("/") > 1:
+    if is_local(path):
         return Path(path).name or settings.variant
     return path
 
@@ -71,7 +84,7 @@ def _check_model(settings: Settings, raw: object) -> str:
         raise InvalidRequest("model: must be a string")
     if raw in (served, settings.variant, settings.checkpoint_path, *MODEL_ALIASES):
         return served
-    raise ModelNotFound(f"the model {raw!r} is not served here; this server serves {served!r}")
+    raise ModelNotFound(f"the model {quoted(raw)} is not served here; this server serves {served!r}")
 
 
 def _model_object(settings: Settings) -> dict[str, Any]:
@@ -115,7 +128,9 @@ def transcriptions() -> Response:
     _check_model(settings, form.get("model"))
     response_format = (form.get("response_format") or "json").strip()
     if response_format not in RESPONSE_FORMATS:
-        raise InvalidOption("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}")
+        raise InvalidOption(
+            "response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {quoted(response_format)}"
+        )
     _check_granularities(form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"))
     stream = parse_bool("stream", form.get("stream") or "false")
     if stream and response_format not in STREAM_FORMATS:
@@ -126,7 +141,7 @@ def transcriptions() -> Response:
         path = detached_copy(file)
         try:
             # Reject what is not audio while a 4xx can still be sent: a stream's status is fixed once begun.
-            audio.probe(path)
+            services.pipeline.probe(path)
             response = _stream_transcription(services, path, options)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -136,7 +151,7 @@ def transcriptions() -> Response:
         return response
     started = time.monotonic()
     with local_path(file) as path:
-        transcript = services.pipeline.transcribe(path, options)
+        transcript = services.pipeline.transcribe(path, options, check=client_check())
     text, output_file = save_transcript(services.outputs_dir, transcript)
     log.info("transcribed %.1f s of audio in %.1f s", transcript.duration, time.monotonic() - started)
     response = _render(response_format, transcript, text, options)
@@ -151,7 +166,7 @@ def _check_granularities(values: list[str]) -> None:
                 "timestamp_granularities[]", "word timestamps are not available from this model; use segment"
             )
         if value != "segment":
-            raise InvalidOption("timestamp_granularities[]", f"must be segment, got {value!r}")
+            raise InvalidOption("timestamp_granularities[]", f"must be segment, got {quoted(value)}")
 
 
 def _usage(transcript: Transcript) -> dict[str, Any]:
@@ -163,12 +178,8 @@ def _render(response_format: str, transcript: Transcript, text: str, options: Tr
         return jsonify({"text": text, "usage": _usage(transcript)})
     if response_format == "verbose_json":
         return jsonify(verbose_json(transcript, text, options))
-    body, mimetype = {
-        "text": (render_text, "text/plain; charset=utf-8"),
-        "srt": (render_srt, "application/x-subrip; charset=utf-8"),
-        "vtt": (render_vtt, "text/vtt; charset=utf-8"),
-    }[response_format]
-    return Response(body(transcript), mimetype=mimetype)
+    body = {"text": render_text, "srt": render_srt, "vtt": render_vtt}[response_format]
+    return Response(body(transcript), content_type=CONTENT_TYPES[response_format])
 
 
 def verbose_json(transcript: Transcript, text: str, options: TranscribeOptions) -> dict[str, Any]:
@@ -266,9 +277,7 @@ def chat_completions() -> Response:
     """OpenAI chat completions with text and input_audio parts, answered by the loaded thinker."""
     services = current_services()
     settings = services.settings
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object (Content-Type: application/json)")
+    body = _json_object()
     model = _check_model(settings, body.get("model"))
     params = _chat_params(body, settings)
     stream = body.get("stream") or False
@@ -276,10 +285,11 @@ def chat_completions() -> Response:
         raise InvalidOption("stream", "must be true or false")
     include_usage = _include_usage(body.get("stream_options"))
     chat = ChatPrompt(*_chat_messages(body.get("messages"), services))
+    _check_context(chat, params, settings)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if stream:
         return _stream_chat(services, chat, params, model, completion_id, include_usage)
-    result = services.engine.submit([GenerationRequest.for_chat(chat, params)])[0].result()
+    result = _answer(services.engine.submit([GenerationRequest.for_chat(chat, params)])[0], client_check())
     return jsonify(
         {
             "id": completion_id,
@@ -299,6 +309,32 @@ def chat_completions() -> Response:
     )
 
 
+def _check_context(chat: ChatPrompt, params: GenerationParams, settings: Settings) -> None:
+    """The prompt and the answer it asks for must fit the model's context: a clear 400 rather than a long failure."""
+    context = context_tokens(settings)
+    prompt = chat.estimated_tokens
+    if prompt + params.max_new_tokens > context:
+        raise InvalidOption(
+            "messages",
+            f"the conversation is about {prompt} tokens and asks for up to {params.max_new_tokens} more, over the "
+            f"model's context of {context} tokens: shorten the conversation or lower max_tokens",
+        )
+
+
+def _json_object() -> dict[str, Any]:
+    """The request body as a JSON object; a clear 400 for anything else (not JSON, invalid, nested too deeply)."""
+    if not request.is_json:
+        raise InvalidRequest("the body must be a JSON object (Content-Type: application/json)")
+    try:
+        # Parsed here rather than by request.get_json(), which hides the parser's reason outside debug mode.
+        body = current_app.json.loads(request.get_data())
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
 def _chat_params(body: Mapping[str, Any], settings: Settings) -> GenerationParams:
     defaults = settings.default_options()
     n = body.get("n", 1)
@@ -312,12 +348,12 @@ def _chat_params(body: Mapping[str, Any], settings: Settings) -> GenerationParam
     if limit is None:
         limit = defaults.max_new_tokens
     if isinstance(limit, bool) or not isinstance(limit, int):
-        raise InvalidOption(field, f"must be an integer, got {limit!r}")
+        raise InvalidOption(field, f"must be an integer, got {quoted(limit)}")
     temperature: Any = body.get("temperature")
     if temperature is None:
         temperature = defaults.temperature
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise InvalidOption("temperature", f"must be a number, got {temperature!r}")
+        raise InvalidOption("temperature", f"must be a number, got {quoted(temperature)}")
     _checked(field, check_max_new_tokens, limit)
     _checked("temperature", check_temperature, float(temperature))
     return GenerationParams(limit, float(temperature), defaults.repetition_penalty)
@@ -351,7 +387,9 @@ def _chat_messages(raw: object, services: Services) -> tuple[list[dict[str, Any]
             raise InvalidOption(where, "must be an object with role and content")
         role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
         if role is None:
-            raise InvalidOption(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}")
+            raise InvalidOption(
+                f"{where}.role", f"must be one of {', '.join(ROLES)}, got {quoted(message.get('role'))}"
+            )
         content = message.get("content")
         if isinstance(content, str):
             parts: list[Any] = [{"type": "text", "text": content}]
@@ -381,13 +419,14 @@ def _content_part(part: object, where: str, audios: list[Any], services: Service
         data = spec.get("data") if isinstance(spec, dict) else None
         if not isinstance(data, str) or not data:
             raise InvalidOption(f"{where}.input_audio.data", "must be base64-encoded audio")
-        audios.append(_decode_input_audio(data, f"{where}.input_audio.data", services))
+        heard = sum(len(a) for a in audios) / audio.SAMPLE_RATE
+        audios.append(_decode_input_audio(data, f"{where}.input_audio.data", services, MAX_CHAT_AUDIO_SECONDS - heard))
         return {"type": "audio"}
-    raise InvalidOption(f"{where}.type", f"must be text or input_audio, got {kind!r}")
+    raise InvalidOption(f"{where}.type", f"must be text or input_audio, got {quoted(kind)}")
 
 
-def _decode_input_audio(data: str, where: str, services: Services) -> Any:
-    """Base64 audio in any format ffmpeg reads, as 16 kHz mono samples, at most one segment long."""
+def _decode_input_audio(data: str, where: str, services: Services, budget: float) -> Any:
+    """Base64 audio in any format ffmpeg reads, as 16 kHz mono samples, at most budget seconds long."""
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -395,13 +434,29 @@ def _decode_input_audio(data: str, where: str, services: Services) -> Any:
     with temporary_file(services.uploads_dir) as path:
         path.write_bytes(raw)
         audio.probe(path)
-        # Decode at most one segment and one more: a small file of hours of audio never fills memory.
-        with closing(audio.stream_segments(path, MAX_SEGMENT_SECONDS)) as segments:
-            first = next(segments)
-            if next(segments, None) is not None:
-                # The feature extractor of the official checkpoints truncates past this: refuse, never cut.
-                raise InvalidOption(where, f"audio must be at most {MAX_SEGMENT_SECONDS:g} s long")
+        # One segment of at most the budget: a small file of hours of audio never fills memory or the prompt.
+        try:
+            with closing(audio.stream_segments(path, MAX_SEGMENT_SECONDS, max_seconds=budget)) as segments:
+                first = next(segments)
+        except AudioTooLong:
+            # The feature extractor of the official checkpoints truncates past 300 s: refuse, never cut.
+            raise InvalidOption(
+                where, f"a conversation's audio must total at most {MAX_CHAT_AUDIO_SECONDS:g} s; this part goes past it"
+            ) from None
     return first.samples
+
+
+def _answer(future: Future[GenerationResult], check: Check | None) -> GenerationResult:
+    """The chat's answer; given up (and its work cancelled) if check raises while waiting: the client left."""
+    try:
+        while True:
+            try:
+                return future.result(timeout=CHECK_SECONDS)
+            except FutureTimeout:
+                if check:
+                    check()
+    finally:
+        future.cancel()  # a no-op once it has its result
 
 
 def _finish_reason(result: GenerationResult) -> str:

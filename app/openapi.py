@@ -130,8 +130,18 @@ _ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
         ("missing_file", "invalid_option", "invalid_request"),
     ),
     401: ("Unauthorized", "API keys are configured and the request carries none of them.", ("unauthorized",)),
-    404: ("NotFound", "No job with that id.", ("job_not_found", "not_found")),
-    413: ("UploadTooLarge", "The upload is over the server's limit.", ("upload_too_large",)),
+    404: ("NotFound", "No job with that id (or it belongs to another API key).", ("job_not_found", "not_found")),
+    408: (
+        "RequestTimeout",
+        "The request body arrived too slowly (a pause over the body timeout, or under 1 KiB/s on average).",
+        ("request_timeout",),
+    ),
+    413: (
+        "UploadTooLarge",
+        "The upload is over the server's size limit, the form over its limits, or the audio longer than the "
+        "server's duration limit.",
+        ("upload_too_large", "audio_too_long"),
+    ),
     415: (
         "UnsupportedAudio",
         "ffmpeg cannot decode the upload, it has no audio stream, or it holds no samples.",
@@ -149,9 +159,15 @@ _ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     ),
     503: (
         "Unavailable",
-        "The model cannot be loaded or a segment does not fit in memory (the next request tries again), or, for "
-        "async jobs, the job queue is full (with Retry-After).",
-        ("model_unavailable", "out_of_memory", "queue_full"),
+        "The model cannot be loaded or a segment does not fit in memory (the next request tries again), the "
+        "service is shutting down, the data directory cannot be written, or, for async jobs, the job queue is "
+        "full (with Retry-After).",
+        ("model_unavailable", "out_of_memory", "queue_full", "shutting_down", "storage_unavailable"),
+    ),
+    507: (
+        "InsufficientStorage",
+        "The data directory's disk is full, or would go below the server's free-space reserve with this upload.",
+        ("insufficient_storage",),
     ),
 }
 
@@ -172,8 +188,8 @@ def _error_response(status: int) -> dict[str, Any]:
         "description": f"{description} Codes: {', '.join(codes)}.",
         "content": _json(_ref("schemas", "Error")),
     }
-    if status in (429, 503):
-        # Always sent with 429; with 503 only when the job queue is full.
+    if status in (429, 503, 507):
+        # Always sent with 429; with 503 and 507 when trying again later can help.
         response["headers"] = {"Retry-After": _retry_after(required=status == 429)}
     elif status == 401:
         response["headers"] = {
@@ -244,10 +260,17 @@ def _schemas() -> dict[str, Any]:
                 "gpu_memory_reserved_gb",
                 "timestamp",
                 "model",
+                "storage",
                 "jobs",
+                "problems",
             ],
             "properties": {
-                "status": {"const": "ok"},
+                "status": {
+                    "enum": ["ok", "degraded"],
+                    "description": "degraded: up, but the model cannot be loaded or the disk is full or unwritable; "
+                    "problems says why. Always answered with 200.",
+                },
+                "problems": {"type": "array", "items": {"type": "string"}},
                 "model_loaded": {"type": "boolean"},
                 "gpu_available": {"type": "boolean"},
                 "gpu_memory_allocated_gb": {"type": "number", "minimum": 0},
@@ -267,13 +290,38 @@ def _schemas() -> dict[str, Any]:
                         "token_budget": {"type": "integer", "minimum": 1},
                         "oom_batch_splits": {"type": "integer", "minimum": 0},
                         "pending_segments": {"type": "integer", "minimum": 0},
+                        "retry_load_in": {
+                            "type": ["number", "null"],
+                            "description": "Seconds until a failed load is tried again; null when none failed.",
+                        },
+                        "download": {
+                            "type": ["object", "null"],
+                            "description": "The checkpoint download in progress, if any.",
+                            "properties": {
+                                "checkpoint": {"type": "string"},
+                                "bytes_done": {"type": "integer", "minimum": 0},
+                                "bytes_total": {"type": "integer", "minimum": 0},
+                                "percent": {"type": ["number", "null"]},
+                            },
+                        },
                         "checkpoint": {"type": "string"},
                         "variant": {"type": "string"},
                         "task": {"enum": ["transcribe", "caption"]},
                     },
                 },
-                "jobs": {
+                "storage": {
                     "type": "object",
+                    "required": ["free_bytes", "reserve_bytes", "low", "error"],
+                    "properties": {
+                        "free_bytes": {"type": ["integer", "null"], "description": "Free space of the data dir."},
+                        "reserve_bytes": {"type": "integer", "minimum": 0},
+                        "low": {"type": "boolean", "description": "Free space is below the reserve."},
+                        "error": {**nullable_string, "description": "The last failure to write the job database."},
+                    },
+                },
+                "jobs": {
+                    "type": ["object", "null"],
+                    "description": "Null when the job database cannot be read.",
                     "required": ["queued", "running"],
                     "properties": {
                         "queued": {"type": "integer", "minimum": 0},
@@ -358,7 +406,7 @@ def _transcribe_operation(
                 **({"headers": headers} if headers else {}),
                 "content": {media_type: {"schema": body}},
             },
-            **_errors(400, 401, 413, 415, 429, 500, 503),
+            **_errors(400, 401, 408, 413, 415, 429, 500, 503, 507),
         },
     }
 
@@ -455,7 +503,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "content": _json(_ref("schemas", "JobQueued")),
                         "links": job_links,
                     },
-                    **_errors(400, 401, 413, 415, 429, 503),
+                    **_errors(400, 401, 408, 413, 415, 429, 503, 507),
                 },
             }
         },

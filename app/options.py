@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from app.errors import InvalidOption
+from app.errors import InvalidOption, quoted
 
 # The official feature extractor pads/truncates at 300 s (n_samples 4 800 000): longer segments would be cut.
 MAX_SEGMENT_SECONDS = 300.0
@@ -104,7 +104,7 @@ def allowed(field: str) -> str:
 def _in_range(field: str, value: float) -> None:
     low, high, _ = RANGES[field]
     if not (math.isfinite(value) and low <= value <= high):
-        raise InvalidOption(field, f"must be {allowed(field)}, got {value!r}")
+        raise InvalidOption(field, f"must be {allowed(field)}, got {quoted(value)}")
 
 
 def check_segment_duration(value: float) -> None:
@@ -131,9 +131,9 @@ def _parse_float(field: str, raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}") from None
+        raise InvalidOption(field, f"must be {allowed(field)}, got {quoted(raw)}") from None
     if not math.isfinite(value):
-        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}")
+        raise InvalidOption(field, f"must be {allowed(field)}, got {quoted(raw)}")
     return value
 
 
@@ -146,7 +146,7 @@ def _parse_int(field: str, raw: str) -> int:
     # Accept "512.0" but not "512.5": clients built from JSON numbers send the former.
     value = _parse_float(field, text)
     if not value.is_integer():
-        raise InvalidOption(field, f"must be {allowed(field)}, got {raw!r}")
+        raise InvalidOption(field, f"must be {allowed(field)}, got {quoted(raw)}")
     return int(value)
 
 
@@ -157,7 +157,7 @@ def parse_bool(field: str, raw: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise InvalidOption(field, f"must be true or false, got {raw!r}")
+    raise InvalidOption(field, f"must be true or false, got {quoted(raw)}")
 
 
 def parse_language(raw: str) -> str | None:
@@ -169,7 +169,7 @@ def parse_language(raw: str) -> str | None:
         return text
     if text in _LANGUAGE_BY_NAME:
         return _LANGUAGE_BY_NAME[text]
-    raise InvalidOption("language", f"unknown language {raw!r}; use one of: {', '.join(sorted(LANGUAGES))}")
+    raise InvalidOption("language", f"unknown language {quoted(raw)}; use one of: {', '.join(sorted(LANGUAGES))}")
 
 
 def parse_prompt(raw: str) -> str | None:

@@ -16,6 +16,10 @@ from app.engine import Engine
 from app.options import TranscribeOptions
 
 ProgressCallback = Callable[[int, int], None]
+# Called while a transcription runs, at least every CHECK_SECONDS; it raises to abandon the work (the client
+# went away, the job was cancelled, the service is stopping).
+Check = Callable[[], None]
+CHECK_SECONDS = 0.5
 # Segments of one transcription waiting in the engine at once: enough to fill several batches.
 MAX_IN_FLIGHT = 64
 
@@ -46,15 +50,25 @@ class Transcript:
 class Pipeline:
     """Turns an audio file into a Transcript through the shared inference engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_audio_seconds: float | None = None) -> None:
         self.engine = engine
+        # No file decodes (or queues) past this many seconds of audio, whatever its header says.
+        self.max_audio_seconds = max_audio_seconds
+
+    def probe(self, path: str | Path) -> None:
+        """Refuse what is not plausible audio, or states a duration over the cap, before any work is queued."""
+        audio.probe(path, self.max_audio_seconds)
 
     def transcribe(
-        self, path: str | Path, options: TranscribeOptions, on_progress: ProgressCallback | None = None
+        self,
+        path: str | Path,
+        options: TranscribeOptions,
+        on_progress: ProgressCallback | None = None,
+        check: Check | None = None,
     ) -> Transcript:
         """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
         started = time.monotonic()
-        segments = list(self.segments(path, options, on_progress))
+        segments = list(self.segments(path, options, on_progress, check))
         return Transcript(
             segments=segments,
             duration=segments[-1].end,
@@ -63,13 +77,18 @@ class Pipeline:
         )
 
     def segments(
-        self, path: str | Path, options: TranscribeOptions, on_progress: ProgressCallback | None = None
+        self,
+        path: str | Path,
+        options: TranscribeOptions,
+        on_progress: ProgressCallback | None = None,
+        check: Check | None = None,
     ) -> Generator[TranscriptSegment, None, None]:
         """Transcribed segments of the file at path, yielded in order as soon as each and those before it finish.
 
         Segments go to the engine as ffmpeg decodes them, so generation starts before decoding ends; at
         most MAX_IN_FLIGHT of them wait at a time, which bounds the audio held in memory for a long file.
-        Closing the iterator early (a client went away) cancels the segments still waiting.
+        Closing the iterator early (a client went away), or check() raising, stops ffmpeg and cancels the
+        segments still waiting.
         """
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
         spans: list[tuple[int, float, float]] = []
@@ -80,7 +99,12 @@ class Pipeline:
 
         def settle(block: bool) -> None:
             nonlocal pending, done_count
-            done, pending = wait(pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            while True:
+                done, pending = wait(pending, timeout=CHECK_SECONDS if block else 0, return_when=FIRST_COMPLETED)
+                if done or not block or not pending:
+                    break
+                if check:
+                    check()
             for future in done:
                 future.result()  # re-raises the first failure
             done_count += len(done)
@@ -98,9 +122,11 @@ class Pipeline:
                 yield TranscriptSegment(index, start, end, text, result.stop_reason)
 
         # Refuse what is not plausible audio before any of it reaches the engine.
-        audio.probe(path)
+        self.probe(path)
         try:
-            for segment in audio.stream_segments(path, options.segment_duration):
+            for segment in audio.stream_segments(path, options.segment_duration, self.max_audio_seconds):
+                if check:
+                    check()
                 spans.append((segment.index, segment.start, segment.end))
                 request = GenerationRequest(segment.samples, params, options.language, options.prompt)
                 future = self.engine.submit([request])[0]

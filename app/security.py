@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -30,6 +31,11 @@ def presented_key() -> str | None:
     return key or None
 
 
+def key_id(key: str) -> str:
+    """What identifies a key in storage and logs: a prefix of its digest, never the key itself."""
+    return _digest(key).hex()[:32]
+
+
 class KeyCheck:
     """Matches a presented key against the configured ones in constant time."""
 
@@ -48,11 +54,34 @@ class KeyCheck:
         return matched
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the owner a job they submit records, and whether they may see every job."""
+
+    # key_id() of the client's key; None when the server has no keys (every client is the same one).
+    owner: str | None
+    # An admin key (or an open server) sees and deletes every job.
+    admin: bool
+
+    def may_see(self, job_owner: str | None) -> bool:
+        """Whether a job with this owner exists for the caller (others get 404, as if it did not)."""
+        return self.admin or job_owner is None or job_owner == self.owner
+
+
+OPEN = Caller(owner=None, admin=True)
+
+
+def caller() -> Caller:
+    """The caller of this request (set by the key check; an open server has one anonymous admin caller)."""
+    found: Caller = g.get("asr_caller", OPEN)
+    return found
+
+
 def _client(check: KeyCheck | None) -> str:
     """Whom a rate limit counts: a valid key, else the client address (so guessing keys gains no fresh budget)."""
     key = presented_key()
     if check is not None and check.accepts(key):
-        return "key:" + _digest(key or "").hex()[:32]
+        return "key:" + key_id(key or "")
     return "addr:" + (request.remote_addr or "unknown")
 
 
@@ -62,7 +91,9 @@ def install_security(app: Flask, settings: Settings) -> None:
         # Only as many X-Forwarded-For hops as there are proxies we run are believed.
         proxies = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
-    check = KeyCheck(settings.api_keys) if settings.api_keys else None
+    keys = settings.api_keys + settings.admin_api_keys
+    check = KeyCheck(keys) if keys else None
+    admins = KeyCheck(settings.admin_api_keys)
     if settings.rate_limit.strip():
         # Before the key check, so a client guessing keys is throttled too. One gunicorn worker process holds
         # every request, so counting in memory is exact.
@@ -75,13 +106,15 @@ def install_security(app: Flask, settings: Settings) -> None:
         )
         limiter.request_filter(lambda: request.path in OPEN_PATHS)
     if check is not None:
-        keys = check
+        valid = check
 
         @app.before_request
         def _require_key() -> None:
             if request.path in OPEN_PATHS:
                 return
-            if not keys.accepts(presented_key()):
+            key = presented_key()
+            if not valid.accepts(key):
                 raise Unauthorized(
                     "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
                 )
+            g.asr_caller = Caller(owner=key_id(key or ""), admin=admins.accepts(key))

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.backends import Backend
+from app.checkpoints import DownloadProgress
 from app.engine import Engine
 from app.jobs import JobRunner, JobStore
 from app.pipeline import Pipeline
 from app.settings import Settings
+from app.storage import DiskGuard
 
 BackendLoader = Callable[[], Backend]
 
@@ -26,25 +28,33 @@ class Services:
     runner: JobRunner
     uploads_dir: Path
     outputs_dir: Path
+    disk: DiskGuard
+    download: DownloadProgress
 
     def start(self) -> None:
         """Start the inference worker and the job runners (the model itself still loads lazily)."""
         self.engine.start()
         self.runner.start()
 
-    def stop(self) -> None:
-        """Stop taking jobs and unload the model."""
+    def stop(self, timeout: float = 30) -> None:
+        """Shut down: running jobs are interrupted and requeued, waiting requests get 503, the model is unloaded.
+
+        The runners are told first, so a job whose segments fail with the engine's shutdown is requeued
+        (it runs again after the restart) rather than failed.
+        """
         self.runner.stop()
-        self.engine.stop(timeout=30)
+        self.engine.stop(timeout=timeout)
+        self.runner.stop(timeout=timeout)
 
 
-def real_loader(settings: Settings) -> BackendLoader:
-    """Load the configured checkpoint through the Qwen-Omni backend."""
+def real_loader(settings: Settings, download: DownloadProgress) -> BackendLoader:
+    """Find (or download) the configured checkpoint and load it through the Qwen-Omni backend."""
 
     def load() -> Backend:
         from app.backends.qwen_omni import QwenOmniBackend
+        from app.checkpoints import resolve
 
-        return QwenOmniBackend.load(settings)
+        return QwenOmniBackend.load(settings, resolve(settings, download))
 
     return load
 
@@ -60,16 +70,24 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
     # Uploads in flight belong to this process alone; anything left there is from a crash.
     for leftover in uploads.iterdir():
         leftover.unlink(missing_ok=True)
+    download = DownloadProgress()
     engine = Engine(
-        loader or real_loader(settings),
+        loader or real_loader(settings, download),
         idle_timeout=settings.idle_timeout,
         batch_size=settings.batch_size,
         token_budget=settings.token_budget,
         release=release_memory,
     )
-    pipeline = Pipeline(engine)
+    pipeline = Pipeline(engine, settings.max_audio_duration)
     store = JobStore(data / "jobs.sqlite3")
+    disk = DiskGuard(data, settings.min_free_space)
     runner = JobRunner(
-        store, pipeline, jobs_dir, outputs, settings.job_workers, retention_seconds=settings.retention_hours * 3600
+        store,
+        pipeline,
+        jobs_dir,
+        outputs,
+        settings.job_workers,
+        retention_seconds=settings.retention_hours * 3600,
+        disk=disk,
     )
-    return Services(settings, engine, pipeline, store, runner, uploads, outputs)
+    return Services(settings, engine, pipeline, store, runner, uploads, outputs, disk, download)

@@ -33,7 +33,12 @@ class Settings:
     # Which model family, task and format to serve (see app/variants.py); it supplies the defaults below.
     variant: str = _setting(DEFAULT_VARIANT, "ASR_VARIANT", "model variant", choices=tuple(VARIANTS))
     # Model: a Hugging Face id or a local directory holding the checkpoint; empty means the variant's.
-    checkpoint_path: str = _setting("", "ASR_CHECKPOINT_PATH", "model id or local checkpoint dir [variant's]")
+    checkpoint_path: str = _setting(
+        "",
+        "ASR_CHECKPOINT_PATH",
+        "model id or local checkpoint dir",
+        shown="the variant's, e.g. Qwen/Qwen2.5-Omni-7B-AWQ",
+    )
     # No network: the checkpoint must be a local directory or already in the Hugging Face cache.
     local_model: bool = _setting(False, "ASR_LOCAL_MODEL", "never download; use a local dir or the HF cache")
     # auto picks CUDA, then Apple MPS, then CPU (with a warning).
@@ -47,12 +52,26 @@ class Settings:
     # Keep what is idle off the GPU: the vision tower (never used for audio) stays in CPU memory.
     low_vram: bool = _setting(False, "ASR_LOW_VRAM", "keep idle parts of the model (vision tower) off the GPU")
     # Defaults of the per-request options (each request may override them); segment 0 means the variant's.
-    segment_duration: float = _setting(0.0, "ASR_SEGMENT_DURATION", "default segment seconds (1-300) [variant's]")
+    segment_duration: float = _setting(
+        0.0, "ASR_SEGMENT_DURATION", "default segment seconds (1-300)", shown="the variant's: 60, 30 for the Captioner"
+    )
     max_new_tokens: int = _setting(8192, "ASR_MAX_NEW_TOKENS", "default max new tokens per segment")
     temperature: float = _setting(0.1, "ASR_TEMPERATURE", "default sampling temperature (0 = greedy)")
     repetition_penalty: float = _setting(1.1, "ASR_REPETITION_PENALTY", "default repetition penalty")
     # Uploads over this many bytes get 413 (accepts K/M/G suffixes, e.g. 4G).
-    max_upload_size: int = _setting(4 * 1024**3, "ASR_MAX_UPLOAD_SIZE", "upload limit in bytes (K/M/G suffixes ok)")
+    max_upload_size: int = _setting(
+        4 * 1024**3, "ASR_MAX_UPLOAD_SIZE", "upload limit in bytes (K/M/G suffixes ok)", shown="4G", size=True
+    )
+    # Uploads are refused (507) while the data directory's free space, less the upload, is below this: the
+    # disk keeps room for job results, the database and the system, and a full disk is reported, not hit.
+    min_free_space: int = _setting(
+        1024**3, "ASR_MIN_FREE_SPACE", "free space kept on the data dir's disk (K/M/G ok)", shown="1G", size=True
+    )
+    # Longest audio accepted, in seconds: checked from the header when it arrives and enforced while decoding,
+    # so no file (or lying header) makes the server decode or queue more.
+    max_audio_duration: float = _setting(
+        12 * 3600.0, "ASR_MAX_AUDIO_DURATION", "longest audio accepted, in seconds", shown="43200 (12 h)"
+    )
     # Most segments the inference worker puts into one generate call (from one file or many requests).
     batch_size: int = _setting(16, "ASR_BATCH_SIZE", "most segments per generate call")
     # Most tokens one generate call may hold: batch size x longest sequence (prompt, audio, output cap).
@@ -62,12 +81,21 @@ class Settings:
     # HTTP server (gunicorn: one worker process, this many threads). A request waiting on the model holds a
     # thread, so this bounds concurrent requests; beyond it they queue, /health behind them. Threads mostly
     # wait, so many are cheap: keep this above the concurrency clients drive, so /health stays fast.
-    host: str = _setting("0.0.0.0", "ASR_HOST", "address to bind")
+    # Loopback by default: the API has no key until one is configured. The images pass 0.0.0.0 explicitly.
+    host: str = _setting("127.0.0.1", "ASR_HOST", "address to bind (0.0.0.0: every interface)")
     port: int = _setting(5000, "ASR_PORT", "port to bind")
     threads: int = _setting(64, "ASR_THREADS", "request threads")
+    # Slow clients: a request head must arrive within header_timeout seconds (it is read without holding a
+    # thread); a body may pause at most body_timeout seconds, and must average 1 KiB/s after its first
+    # body_timeout seconds. Past either, the request is dropped with 408.
+    header_timeout: float = _setting(10.0, "ASR_HEADER_TIMEOUT", "seconds a request head may take to arrive")
+    body_timeout: float = _setting(30.0, "ASR_BODY_TIMEOUT", "longest pause in a request body, in seconds")
     # API keys, comma-separated; empty leaves the API open. Clients send "Authorization: Bearer <key>" or
     # "X-API-Key: <key>"; /health stays open for monitors. Prefer the environment: flags show in `ps`.
     api_key: str = _setting("", "ASR_API_KEY", "API keys, comma-separated (empty = no auth)", secret=True)
+    # Keys for operators, comma-separated: valid keys that also see and delete every client's jobs (an
+    # ordinary key sees only the jobs it submitted). Setting one also closes the API to requests without a key.
+    admin_api_key: str = _setting("", "ASR_ADMIN_API_KEY", "admin API keys: they see every job", secret=True)
     # Requests per client (its key, else its address) in flask-limiter's syntax, e.g. "60/minute;1000/day".
     rate_limit: str = _setting("", "ASR_RATE_LIMIT", 'per-client limit, e.g. "60/minute" (empty = off)')
     # Reverse proxies in front of the service that append to X-Forwarded-For; the client address (for rate
@@ -94,11 +122,19 @@ class Settings:
         self.default_options()  # validates temperature and repetition_penalty the same way requests are
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.min_free_space < 0:
+            raise ValueError("min_free_space must be 0 or more")
         for name in ("batch_size", "token_budget", "job_workers", "threads", "max_upload_size", "max_queued_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.trusted_proxies < 0:
             raise ValueError("trusted_proxies must be 0 or more")
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
+        if not (math.isfinite(self.max_audio_duration) and self.max_audio_duration > 0):
+            raise ValueError(f"max_audio_duration must be a number of seconds above 0, got {self.max_audio_duration!r}")
         if not (math.isfinite(self.retention_hours) and self.retention_hours >= 0):
             raise ValueError(f"retention_hours must be 0 or more, got {self.retention_hours!r}")
         if self.rate_limit.strip():
@@ -115,8 +151,13 @@ class Settings:
 
     @property
     def api_keys(self) -> tuple[str, ...]:
-        """The configured API keys; empty when the API is open."""
-        return tuple(key.strip() for key in self.api_key.split(",") if key.strip())
+        """The configured (non-admin) API keys."""
+        return _keys(self.api_key)
+
+    @property
+    def admin_api_keys(self) -> tuple[str, ...]:
+        """The configured admin keys."""
+        return _keys(self.admin_api_key)
 
     @property
     def model_variant(self) -> Variant:
@@ -158,6 +199,10 @@ class Settings:
         return out
 
 
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
 def field_type(name: str) -> type:
     """The Python type of a settings field."""
     return type(Settings.__dataclass_fields__[name].default)
@@ -184,7 +229,7 @@ def parse_value(name: str, kind: type, raw: str) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name}: expected a boolean, got {raw!r}")
-    if name == "max_upload_size":
+    if Settings.__dataclass_fields__[name].metadata.get("size"):
         return parse_size(raw)
     try:
         return kind(raw.strip())

@@ -6,14 +6,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from flask import current_app, request
 from werkzeug.datastructures import FileStorage
 
-from app.errors import InvalidRequest, MissingFile
+from app.errors import ClientDisconnected, InvalidRequest, MissingFile
 from app.services import Services
 
 
@@ -21,6 +21,22 @@ def current_services() -> Services:
     """The services of the app handling this request."""
     found: Services = current_app.extensions["asr"]
     return found
+
+
+def client_check() -> Callable[[], None] | None:
+    """A check that raises ClientDisconnected once this request's client has gone, where the server can tell.
+
+    The HTTP worker (serve/http_worker.py) puts asr.client_gone in the environ; elsewhere there is no check.
+    """
+    gone = request.environ.get("asr.client_gone")
+    if gone is None:
+        return None
+
+    def check() -> None:
+        if gone():
+            raise ClientDisconnected("the client closed the connection; the work for it was stopped")
+
+    return check
 
 
 def uploaded_file() -> FileStorage:

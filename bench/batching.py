@@ -346,6 +346,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cpu_share = CpuShare()
     from app import audio
     from app.backends import GenerationParams
+    from app.checkpoints import DownloadProgress
     from app.services import real_loader
 
     if args.full_size:
@@ -381,7 +382,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert tiny_dir is not None
         inner = full_size_backend(tiny_dir, "cuda")
     else:
-        inner = real_loader(base)()
+        inner = real_loader(base, DownloadProgress())()
     load_seconds = time.perf_counter() - started
     model = inner.model
     device = inner.device

@@ -9,7 +9,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +133,30 @@ def write_report(
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md_path.write_text(markdown(doc))
     return json_path, md_path
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100), linear between closest ranks (numpy's default); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float | None) -> float | None:
+    """Seconds to milliseconds, rounded for the results file."""
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def latency_summary(latencies: Sequence[float]) -> dict[str, Any]:
+    """Count and p50/p95/p99/max of latencies in seconds, as milliseconds."""
+    return {
+        "count": len(latencies),
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p95_ms": ms(percentile(latencies, 95)),
+        "p99_ms": ms(percentile(latencies, 99)),
+        "max_ms": ms(max(latencies)) if latencies else None,
+    }

@@ -46,8 +46,11 @@ from bench.common import (  # noqa: E402
     busy_note,
     commit_label,
     git_state,
+    latency_summary,
     load_average,
+    ms,
     package_version,
+    percentile,
     write_report,
 )
 from tests.support import JFK, Server  # noqa: E402
@@ -95,33 +98,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # Statistics ---------------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linear between closest ranks (numpy's default); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def ms(seconds: float | None) -> float | None:
-    """Seconds to milliseconds, rounded for the results file."""
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def latency_summary(latencies: Sequence[float]) -> dict[str, Any]:
-    """Count and p50/p95/p99/max of latencies in seconds, as milliseconds."""
-    return {
-        "count": len(latencies),
-        "p50_ms": ms(percentile(latencies, 50)),
-        "p95_ms": ms(percentile(latencies, 95)),
-        "p99_ms": ms(percentile(latencies, 99)),
-        "max_ms": ms(max(latencies)) if latencies else None,
-    }
 
 
 # Machine, build, server settings ------------------------------------------------------------------------

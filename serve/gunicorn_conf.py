@@ -11,8 +11,11 @@ _settings = Settings.from_env()
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = 1
-worker_class = "gthread"
+# gthread with request heads read by the event loop, read deadlines and /health in threads of its own.
+worker_class = "serve.http_worker.Worker"
 threads = _settings.threads
+# Connections held at once (idle keep-alive and heads still arriving included); each is a socket, not a thread.
+worker_connections = 2000
 # gthread workers heartbeat from their main loop, so long transcriptions in request threads are not killed.
 timeout = 120
 graceful_timeout = 30
@@ -33,3 +36,22 @@ def post_worker_init(worker: object) -> None:
     from serve import http_errors
 
     http_errors.install(worker)
+
+
+def worker_int(worker: object) -> None:
+    """SIGINT or SIGQUIT (Ctrl-C): stop the service's own threads before the worker exits."""
+    _stop_services(worker)
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """After the worker's loop ends (SIGTERM, once in-flight requests are done or the grace period is over)."""
+    _stop_services(worker)
+
+
+def _stop_services(worker: object) -> None:
+    # Running jobs are requeued, waiting requests answered 503, the model unloaded, ffmpeg stopped; then the
+    # interpreter exits with no thread left inside the model.
+    app = getattr(worker, "application", None)
+    services = getattr(app, "extensions", {}).get("asr")
+    if services is not None:
+        services.stop(timeout=10)

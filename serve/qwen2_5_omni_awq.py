@@ -9,23 +9,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields, replace
+from dataclasses import Field, fields, replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.checkpoints import start_up_problem  # noqa: E402
 from app.errors import ServiceError  # noqa: E402
 from app.settings import Settings, field_type, parse_value  # noqa: E402
 
 
+def shown_default(f: Field[Any]) -> str:
+    """A setting's default as --help shows it (the parser's own default is None: unset flags defer to the env)."""
+    if "shown" in f.metadata:
+        return str(f.metadata["shown"])
+    value = f.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value) if value != "" else "none"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Settings field, defaulting to its environment variable."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__)
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         env = f.metadata["env"]
-        help_text = f"{f.metadata['help']} [env {env}]"
+        help_text = f"{f.metadata['help']} (default: {shown_default(f)}; env {env})"
         if field_type(f.name) is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         else:
@@ -48,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env(**overrides)
     except (ValueError, ServiceError) as exc:
         sys.exit(f"error: {exc}")
+    problem = start_up_problem(settings)
+    if problem is not None:
+        sys.exit(f"error: {problem}")
     # gunicorn runs from the project root, so paths relative to the caller's directory are made absolute.
     checkpoint = settings.checkpoint_path
     if os.path.isdir(checkpoint):

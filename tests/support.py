@@ -7,9 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -46,6 +49,8 @@ class Server:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # --local-model: the checkpoint is never downloaded (every tiny checkpoint is a local directory).
+    local_model: bool = True
 
     @property
     def url(self) -> str:
@@ -57,7 +62,7 @@ class Server:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         cmd = [
             sys.executable, str(ROOT / "serve" / "qwen2_5_omni_awq.py"),
-            "--checkpoint-path", str(self.checkpoint), "--local-model",
+            "--checkpoint-path", str(self.checkpoint), *(["--local-model"] if self.local_model else []),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--data-dir", str(self.data_dir), *self.args,
         ]  # fmt: skip
@@ -117,3 +122,60 @@ def assert_error(response: requests.Response, status: int, code: str) -> str:
     assert body["status"] == "error" and body["error"]["code"] == code
     assert "Traceback" not in response.text
     return str(body["error"]["message"])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition", interval: float = 0.1) -> Any:
+    """Poll until predicate() is truthy; return its value (AssertionError naming `what` after timeout s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class SlowHeads:
+    """count connections sending a request head one byte a second (slowloris), for as long as the server keeps
+    them; `replies` holds what the server sent each one it dropped (b"" when it just closed)."""
+
+    def __init__(self, port: int, count: int, padding: int = 1000) -> None:
+        self.head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * padding
+        self.stop = threading.Event()
+        self.replies: list[bytes] = []
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(port,), daemon=True) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """How many connections the server has closed (or refused)."""
+        with self._lock:
+            return len(self.replies)
+
+    def _run(self, port: int) -> None:
+        reply = b""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.settimeout(0.01)
+                for i in range(len(self.head)):
+                    if self.stop.is_set():
+                        return
+                    sock.send(self.head[i : i + 1])
+                    try:
+                        reply = sock.recv(4096)  # a 408, or the end of the connection
+                        break
+                    except TimeoutError:
+                        self.stop.wait(1)
+                else:
+                    return
+        except OSError:
+            pass
+        with self._lock:
+            self.replies.append(reply)
+
+    def end(self) -> None:
+        """Close every connection still open."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)

@@ -29,6 +29,16 @@ CHAT_ROLES = frozenset({"system", "user", "assistant"})
 
 StopReason = Literal["eos", "max_tokens", "repetition"]
 
+# C0 and C1 control characters but tab and newline, and DEL. A model can emit them (random or confused weights,
+# byte-level tokens); in subtitles they break players (ffmpeg drops every SRT cue after a NUL) and in JSON
+# they are noise. Every backend passes its decoded text through printable().
+_CONTROL = dict.fromkeys(c for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n")
+
+
+def printable(text: str) -> str:
+    """Model text without control characters (tab and newline kept), character by character."""
+    return text.translate(_CONTROL)
+
 
 @dataclass(frozen=True)
 class GenerationParams:

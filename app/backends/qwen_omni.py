@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, StopReason
+from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, StopReason, printable
 from app.backends.loading import thinker_loading
 from app.backends.stopping import (
     RepetitionLoop,
@@ -81,8 +81,8 @@ class QwenOmniBackend:
         self._streams: weakref.WeakKeyDictionary[GenerationRequest, StreamState] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def load(cls, settings: Settings) -> QwenOmniBackend:
-        """Load processor and thinker weights onto the configured device."""
+    def load(cls, settings: Settings, checkpoint: str) -> QwenOmniBackend:
+        """Load processor and thinker weights from a local checkpoint directory onto the configured device."""
         import torch
         import transformers
         from transformers import AutoProcessor
@@ -100,13 +100,9 @@ class QwenOmniBackend:
                 log.warning("flash_attention_2 is not available here; using sdpa")
         # On CUDA keep the checkpoint's own dtype (bf16 for full weights, fp16 for AWQ); CPU kernels want fp32.
         dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
-        local = settings.local_model
-        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
-            settings.checkpoint_path, local_files_only=local
-        )
-        config, quant_kwargs, weights = thinker_loading(
-            thinker_class, settings.checkpoint_path, local_files_only=local, device=device
-        )
+        # The files are on disk already (app.checkpoints found or downloaded them): nothing here goes online.
+        processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
+        config, quant_kwargs, weights = thinker_loading(thinker_class, checkpoint, local_files_only=True, device=device)
         if weights != variant.quantization:
             log.warning(
                 "variant %s expects %s weights; the checkpoint has %s", variant.name, variant.quantization, weights
@@ -114,13 +110,13 @@ class QwenOmniBackend:
         # Full Qwen-Omni checkpoints store the thinker under "thinker."; transformers' conversion mapping
         # strips that prefix, and the thinker config leaves the talker out, so it is never loaded.
         model = thinker_class.from_pretrained(
-            settings.checkpoint_path,
+            checkpoint,
             config=config,
             dtype=dtype,
             attn_implementation=attn,
             # Several GPUs share the layers (CUDA_VISIBLE_DEVICES picks them); quantized loaders need a map.
             device_map="auto" if device == "cuda" else device,
-            local_files_only=local,
+            local_files_only=True,
             **quant_kwargs,
         )
         if device == "cuda" and settings.low_vram and getattr(model.model, "visual", None) is not None:
@@ -217,8 +213,8 @@ class QwenOmniBackend:
         return GenerationResult(self._decode(ids).strip(), reason, len(ids), prompt_tokens)
 
     def _decode(self, ids: list[int]) -> str:
-        """Text of new token ids, special tokens left out (results and streamed pieces alike)."""
-        return str(self.processor.decode(ids, skip_special_tokens=True))
+        """Text of new token ids, special tokens and control characters left out (results and streamed pieces alike)."""
+        return printable(str(self.processor.decode(ids, skip_special_tokens=True)))
 
     def _plain(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """messages rebuilt from roles, text and audio parts alone, the text free of special tokens."""

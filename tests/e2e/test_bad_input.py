@@ -23,7 +23,7 @@ import pytest
 import requests
 from werkzeug.http import parse_options_header
 
-from tests.support import AISHELL, JFK, Server, assert_error, post
+from tests.support import AISHELL, JFK, Server, assert_error, post, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -183,16 +183,6 @@ def upload_named(server: Server, route: str, filename: bytes, payload: bytes) ->
 def job_status(server: Server, job_id: str) -> dict[str, Any]:
     """GET /status/<id>."""
     return dict(requests.get(f"{server.url}/status/{job_id}", timeout=10).json())
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- undecodable uploads -------------------------------------------------------------------------------

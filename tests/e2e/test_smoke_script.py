@@ -34,3 +34,13 @@ def test_smoke_script_fails_when_no_server_answers() -> None:
     """Non-zero exit and a FAIL line when the URL is wrong."""
     result = run_script(f"http://127.0.0.1:{free_port()}")
     assert result.returncode != 0 and "FAIL" in result.stdout
+
+
+def test_one_command_smoke_test_from_a_clone() -> None:
+    """scripts/smoke.sh builds the tiny checkpoint, starts the service, passes every check, and cleans up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "smoke.sh")], capture_output=True, text=True, env=env, timeout=600, cwd="/"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")

@@ -46,7 +46,7 @@ def settings(family: str, request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture(scope="module")
 def backend(settings: Settings) -> QwenOmniBackend:
     """The service's backend on the tiny checkpoint."""
-    return QwenOmniBackend.load(settings)
+    return QwenOmniBackend.load(settings, settings.checkpoint_path)
 
 
 def noise(seconds: float, seed: int = 0, level: float = 0.5) -> np.ndarray:
@@ -221,7 +221,7 @@ def test_chat_through_the_engine(settings: Settings, backend: QwenOmniBackend) -
         def close(self) -> None:
             self.inner.close()
 
-    gated = Gated(QwenOmniBackend.load(settings))
+    gated = Gated(QwenOmniBackend.load(settings, settings.checkpoint_path))
     engine = Engine(lambda: gated, idle_timeout=0, batch_size=4)
     streamed: list[str] = []
     try:

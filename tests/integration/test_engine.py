@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from app.backends import Backend, BackendOutOfMemory, GenerationParams, GenerationRequest, GenerationResult
+from app.checkpoints import DownloadProgress
 from app.engine import Engine
 from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory
 from app.services import real_loader
@@ -60,7 +61,7 @@ class CountingLoader:
 
 def test_lazy_load_generate_idle_unload_and_reload(tiny_settings: Settings) -> None:
     """Nothing loads until work arrives; idle unload drops every reference; the next request reloads."""
-    loader = CountingLoader(real_loader(tiny_settings))
+    loader = CountingLoader(real_loader(tiny_settings, DownloadProgress()))
     engine = Engine(loader, idle_timeout=1.0, batch_size=4)
     engine.start()
     try:
@@ -86,7 +87,7 @@ def test_lazy_load_generate_idle_unload_and_reload(tiny_settings: Settings) -> N
 
 def test_idle_timeout_zero_never_unloads(tiny_settings: Settings) -> None:
     """idle_timeout 0 keeps the model loaded."""
-    engine = Engine(real_loader(tiny_settings), idle_timeout=0, batch_size=2)
+    engine = Engine(real_loader(tiny_settings, DownloadProgress()), idle_timeout=0, batch_size=2)
     try:
         engine.submit([request()])[0].result(timeout=60)
         time.sleep(1.5)

@@ -18,7 +18,7 @@ from app.settings import Settings
 def backend(tiny_checkpoint: Path) -> QwenOmniBackend:
     """The tiny Qwen2.5-Omni checkpoint through the service's backend."""
     settings = Settings(checkpoint_path=str(tiny_checkpoint), local_model=True, device="cpu", data_dir="/x")
-    return QwenOmniBackend.load(settings)
+    return QwenOmniBackend.load(settings, settings.checkpoint_path)
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -96,3 +96,14 @@ def test_a_temperature_near_zero_decodes_greedily(backend: QwenOmniBackend, temp
     tiny = GenerationParams(max_new_tokens=12, temperature=temperature, repetition_penalty=1.0)
     expected = backend.generate([GenerationRequest(noise(2.0), greedy)])[0]
     assert backend.generate([GenerationRequest(noise(2.0), tiny)])[0] == expected
+
+
+def test_decoded_text_holds_no_control_characters(backend: QwenOmniBackend) -> None:
+    """Byte-level tokens for NUL, ESC and DEL decode to nothing: subtitles and JSON never carry them."""
+    tokenizer = backend.processor.tokenizer
+    # Byte-level BPE names each byte by a printable stand-in: these three are NUL, ESC and DEL.
+    controls = [tokenizer.convert_tokens_to_ids(t) for t in ("Ā", "ě", "ġ")]
+    a, b = tokenizer.encode("ab", add_special_tokens=False)
+    ids = [a, *controls, b]
+    assert tokenizer.decode(ids) == "a\x00\x1b\x7fb"  # the tokenizer itself lets them through
+    assert backend._decode(ids) == "ab"

@@ -24,7 +24,7 @@ from app.settings import Settings
 def load(variant: str, checkpoint: Path) -> QwenOmniBackend:
     """The service's backend on CPU."""
     settings = Settings(variant=variant, checkpoint_path=str(checkpoint), local_model=True, device="cpu", data_dir="/x")
-    return QwenOmniBackend.load(settings)
+    return QwenOmniBackend.load(settings, settings.checkpoint_path)
 
 
 def linear_kinds(model: torch.nn.Module) -> dict[str, set[str]]:

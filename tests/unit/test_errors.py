@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 
 import pytest
 from flask import Flask, abort
 from flask.testing import FlaskClient
 
 from app.errors import (
+    MAX_MESSAGE_CHARS,
+    AudioTooLong,
+    CheckpointError,
+    ClientDisconnected,
+    DecodeInterrupted,
     InferenceFailed,
+    InsufficientStorage,
     InvalidOption,
     InvalidRequest,
     JobNotFound,
@@ -18,7 +26,10 @@ from app.errors import (
     ModelUnavailable,
     OutOfMemory,
     QueueFull,
+    RequestTimeout,
     ServiceError,
+    ShuttingDown,
+    StorageUnavailable,
     Unauthorized,
     UnsupportedAudio,
     UploadTooLarge,
@@ -42,6 +53,14 @@ from app.errors import (
         (ModelUnavailable, 503, "model_unavailable"),
         (InferenceFailed, 500, "inference_failed"),
         (OutOfMemory, 503, "out_of_memory"),
+        (AudioTooLong, 413, "audio_too_long"),
+        (RequestTimeout, 408, "request_timeout"),
+        (ClientDisconnected, 499, "client_disconnected"),
+        (ShuttingDown, 503, "shutting_down"),
+        (DecodeInterrupted, 503, "decode_interrupted"),
+        (InsufficientStorage, 507, "insufficient_storage"),
+        (StorageUnavailable, 503, "storage_unavailable"),
+        (CheckpointError, 503, "model_unavailable"),
     ],
 )
 def test_status_and_code_per_class(cls: type[ServiceError], status: int, code: str) -> None:
@@ -82,6 +101,14 @@ def test_every_subclass_is_covered() -> None:
         "Unauthorized",
         "QueueFull",
         "InferenceFailed",
+        "AudioTooLong",
+        "RequestTimeout",
+        "ClientDisconnected",
+        "ShuttingDown",
+        "DecodeInterrupted",
+        "InsufficientStorage",
+        "StorageUnavailable",
+        "CheckpointError",
     }
 
 
@@ -126,6 +153,18 @@ def client() -> FlaskClient:
     @app.get("/locked")
     def locked() -> str:
         raise Unauthorized("a valid API key is required")
+
+    @app.get("/disk-full")
+    def disk_full() -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    @app.get("/read-only")
+    def read_only() -> str:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    @app.get("/long-message")
+    def long_message() -> str:
+        raise InvalidRequest("x" * 5000)
 
     @app.get("/boom")
     def boom() -> str:
@@ -257,3 +296,18 @@ def test_retry_after_and_www_authenticate_headers(client: FlaskClient) -> None:
     locked = client.get("/locked")
     assert locked.status_code == 401 and locked.headers["WWW-Authenticate"].startswith("Bearer")
     assert "Retry-After" not in locked.headers
+
+
+def test_storage_failures_name_their_cause(client: FlaskClient) -> None:
+    """A full disk is 507 insufficient_storage, an unwritable database 503 storage_unavailable: never a 500."""
+    full = client.get("/disk-full")
+    assert full.status_code == 507 and full.get_json()["error"]["code"] == "insufficient_storage"
+    assert "disk is full" in full.get_json()["error"]["message"] and full.headers["Retry-After"]
+    read_only = client.get("/read-only")
+    assert read_only.status_code == 503 and read_only.get_json()["error"]["code"] == "storage_unavailable"
+
+
+def test_no_error_message_is_unbounded(client: FlaskClient) -> None:
+    """Whatever built it, a message is clipped to MAX_MESSAGE_CHARS."""
+    message = client.get("/long-message").get_json()["error"]["message"]
+    assert len(message) == MAX_MESSAGE_CHARS and message.endswith("...")

@@ -215,5 +215,5 @@ def test_success_media_types(spec: dict[str, Any]) -> None:
         assert list(responses["200"]["content"]) == [media_type]
         assert {"400", "401", "413", "415", "429", "500", "503"} <= set(responses)
     async_responses = spec["paths"]["/transcribe/async"]["post"]["responses"]
-    assert set(async_responses) == {"202", "400", "401", "413", "415", "429", "503"}
+    assert set(async_responses) == {"202", "400", "401", "408", "413", "415", "429", "503", "507"}
     assert set(spec["paths"]["/status/{job_id}"]) == {"parameters", "get", "delete"}

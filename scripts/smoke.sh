@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The smoke test in one command, from a fresh clone: set up the test virtualenv if needed (scripts/setup.sh),
+# build the tiny random-weight checkpoint, start the service on it on a loopback port, run test_awq_service.sh
+# against it, and stop the service. Nothing is downloaded but the pinned packages; nothing is left behind.
+#
+# Usage: scripts/smoke.sh [AUDIO_FILE]   (default: ../shared/audio/jfk.flac, else a generated tone)
+# Environment: VENV (default .venv), PORT (default: a free one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+if ! "$VENV/bin/python" -c "import flask, gunicorn, transformers, torch" 2>/dev/null; then
+    ./scripts/setup.sh
+fi
+PY="$VENV/bin/python"
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+AUDIO=${1:-../shared/audio/jfk.flac}
+if [ ! -f "$AUDIO" ]; then
+    AUDIO="$WORK/tone.wav"
+    ffmpeg -nostdin -v error -f lavfi -i "sine=f=440:d=5" "$AUDIO"
+fi
+PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+
+echo "== building the tiny checkpoint"
+"$PY" serve/make_tiny_checkpoint.py "$WORK/tiny" >/dev/null
+echo "== starting the service on 127.0.0.1:$PORT (log: $WORK/server.log, kept until the end)"
+"$PY" serve/qwen2_5_omni_awq.py --checkpoint-path "$WORK/tiny" --local-model --port "$PORT" \
+    --data-dir "$WORK/data" --idle-timeout 5 >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null; then break; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then cat "$WORK/server.log" >&2; echo "error: the service exited" >&2; exit 1; fi
+    sleep 0.5
+done
+echo "== running test_awq_service.sh"
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32} ./test_awq_service.sh "http://127.0.0.1:$PORT" "$AUDIO"
