@@ -75,7 +75,8 @@ def slow_clients(tiny: Path, work: Path, seconds: float) -> list[dict[str, Any]]
     rows = []
     for worker in ("serve.http_worker.Worker", "gthread"):
         for count in COUNTS:
-            data = work / f"slow-{worker}-{count}" / "data"
+            data = work / f"slow-{worker.rsplit('.', 1)[-1]}-{count}" / "data"
+            data.parent.mkdir(parents=True)
             env_backup = os.environ.get("GUNICORN_CMD_ARGS")
             if worker == "gthread":
                 os.environ["GUNICORN_CMD_ARGS"] = "--worker-class gthread"
