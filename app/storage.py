@@ -29,7 +29,9 @@ class DiskGuard:
 
     def low(self) -> bool:
         """Whether free space is below the reserve (or cannot be read)."""
-        free = self.free()
+        return self._low(self.free())
+
+    def _low(self, free: int | None) -> bool:
         return free is None or free < self.reserve
 
     def check(self, incoming: int) -> None:
@@ -46,7 +48,7 @@ class DiskGuard:
     def status(self) -> dict[str, Any]:
         """For /health: free space, the reserve, and whether the reserve is met."""
         free = self.free()
-        return {"free_bytes": free, "reserve_bytes": self.reserve, "low": self.low()}
+        return {"free_bytes": free, "reserve_bytes": self.reserve, "low": self._low(free)}
 
 
 def install_disk_guard(app: Flask, disk: DiskGuard) -> None:
