@@ -8,20 +8,21 @@ import sqlite3
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, send_file
 from werkzeug.datastructures import FileStorage
 
 from app.checkpoints import missing
 from app.devices import gpu_memory
 from app.errors import JobNotFound, QueueFull, quoted
-from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt, segments_json
+from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.jobs import Job, new_job_id
-from app.options import TranscribeOptions, parse_options
 from app.outputs import now_iso, save_transcript
-from app.pipeline import Transcript
+from app.protocol import native as shapes
+from app.protocol.native import JobState
 from app.security import caller
-from app.services import Services
-from app.uploads import client_check, current_services, keep_file, local_path, uploaded_file
+from app.services import current_services
+from app.transcript import Transcript
+from app.uploads import client_check, form_options, keep_file, local_path, uploaded_file
 
 bp = Blueprint("api", __name__)
 
@@ -42,42 +43,43 @@ def health() -> Response:
     elif model["state"] == "unloaded" and (absent := missing(services.settings)) is not None:
         # Known before any load is tried: the checkpoint is not on this machine and may not be fetched.
         problems.append(f"the model cannot be loaded: {absent}")
-    jobs: dict[str, int] | None = None
+    jobs: shapes.JobCounts | None = None
     try:
         counts = services.jobs.counts()
-        jobs = {"queued": counts["queued"], "running": counts["processing"]}
+        jobs = shapes.JobCounts(queued=counts[JobState.QUEUED], running=counts[JobState.PROCESSING])
     except (sqlite3.Error, OSError) as exc:  # the job database is unreadable: report it, never fail the check
         problems.append(f"the job database cannot be read: {exc}")
-    disk = {**services.disk.status(), "error": services.runner.storage_error}
-    if disk["low"]:
-        free = disk["free_bytes"]
-        shown = "unknown" if free is None else f"{free / 1024**2:.0f} MiB"
-        reserve = disk["reserve_bytes"] / 1024**2
+    disk = shapes.StorageHealth(**services.disk.status(), error=services.runner.storage_error)
+    if disk.low:
+        shown = "unknown" if disk.free_bytes is None else f"{disk.free_bytes / 1024**2:.0f} MiB"
+        reserve = disk.reserve_bytes / 1024**2
         problems.append(f"the data directory's disk is nearly full: {shown} free, {reserve:.0f} MiB kept in reserve")
-    if disk["error"]:
-        problems.append(f"jobs cannot be saved: {disk['error']}")
-    return jsonify(
-        {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "model_loaded": model["state"] == "loaded",
-            "gpu_available": gpu,
-            "gpu_memory_allocated_gb": allocated,
-            "gpu_memory_reserved_gb": reserved,
-            "timestamp": now_iso(),
-            "model": {
+    if disk.error:
+        problems.append(f"jobs cannot be saved: {disk.error}")
+    settings = services.settings
+    body = shapes.Health(
+        status="degraded" if problems else "ok",
+        problems=problems,
+        model_loaded=model["state"] == "loaded",
+        gpu_available=gpu,
+        gpu_memory_allocated_gb=allocated,
+        gpu_memory_reserved_gb=reserved,
+        timestamp=now_iso(),
+        model=shapes.ModelHealth(
+            **{
                 **model,
                 # Before the first load, the configured choice (e.g. "auto"); after it, the device in use.
-                "device": model["device"] or services.settings.device,
-                "checkpoint": services.settings.checkpoint_path,
-                "variant": services.settings.variant,
-                "task": services.settings.model_variant.task,
-                "download": services.download.status(),
+                "device": model["device"] or settings.device,
             },
-            "storage": disk,
-            "jobs": jobs,
-        }
+            checkpoint=settings.checkpoint_path,
+            variant=settings.variant,
+            task=settings.model_variant.task,
+            download=None if (download := services.download.status()) is None else shapes.Download(**download),
+        ),
+        storage=disk,
+        jobs=jobs,
     )
+    return jsonify(body.body())
 
 
 def _stem(file: FileStorage) -> str:
@@ -90,17 +92,10 @@ def _stem(file: FileStorage) -> str:
     return stem.strip()[:200] or "transcription"
 
 
-def _options(services: Services) -> TranscribeOptions:
-    """The request's options over the server's defaults, checked against what the model accepts."""
-    settings = services.settings
-    accepts_prompt = settings.model_variant.task != "caption"
-    return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
-
-
 def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     """Validate, transcribe the upload, write the output file; returns transcript, text and output name."""
     services = current_services()
-    options = _options(services)
+    options = form_options()
     with local_path(file) as path:
         transcript = services.pipeline.transcribe(path, options, check=client_check())
     text, output_file = save_transcript(services.outputs_dir, transcript)
@@ -125,19 +120,14 @@ def transcribe_text() -> Response:
 @bp.post("/transcribe/json")
 def transcribe_json() -> Response:
     """The transcript with its segments as JSON."""
-    transcript, text, output_file = _run_sync(uploaded_file())
-    return jsonify(
-        {
-            "status": "success",
-            "transcription": text,
-            "output_file": output_file,
-            "timestamp": now_iso(),
-            "duration": round(transcript.duration, 3),
-            "language": transcript.language,
-            "processing_time": round(transcript.processing_seconds, 3),
-            "segments": segments_json(transcript),
-        }
+    transcript, _, output_file = _run_sync(uploaded_file())
+    body = shapes.Transcription(
+        **dict(shapes.TranscriptResult.of(transcript)),
+        output_file=output_file,
+        timestamp=now_iso(),
+        processing_time=round(transcript.processing_seconds, 3),
     )
+    return jsonify(body.body())
 
 
 @bp.post("/transcribe/srt")
@@ -161,7 +151,7 @@ def transcribe_async() -> tuple[Response, int]:
     """Queue a job; the upload is kept under the data dir until the job ends."""
     services = current_services()
     file = uploaded_file()
-    options = _options(services)
+    options = form_options()
     limit = services.settings.max_queued_jobs
     if services.jobs.counts()["queued"] >= limit:
         # A cheap early answer that spares the probe; the check that counts is the one inside create().
@@ -179,8 +169,7 @@ def transcribe_async() -> tuple[Response, int]:
         shutil.rmtree(audio_path.parent, ignore_errors=True)
         raise
     services.runner.notify()
-    body = {"job_id": job_id, "status": "queued", "status_url": f"/status/{job_id}"}
-    return jsonify(body), 202
+    return jsonify(shapes.JobQueued(job_id=job_id, status_url=f"/status/{job_id}").body()), 202
 
 
 @bp.get("/status/<job_id>")
@@ -198,7 +187,7 @@ def job_delete(job_id: str) -> Response:
         # Cancelled now, or cancelled earlier and still stopping: the job stays until its run has ended.
         return jsonify(_job_body(_visible_job(job_id)))
     if runner.delete(job_id):
-        return jsonify({"job_id": job_id, "status": "deleted"})
+        return jsonify(shapes.JobDeleted(job_id=job_id).body())
     # Another request deleted it just now.
     raise JobNotFound(f"no job with id {quoted(job_id)}")
 
@@ -212,21 +201,26 @@ def _visible_job(job_id: str) -> Job:
 
 
 def _job_body(job: Job) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "job_id": job.id,
-        "status": job.status,
-        "progress": {"segments_done": job.segments_done, "segments_total": job.segments_total},
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-    }
-    if job.status == "completed" and job.result is not None:
-        body.update(
-            transcription=job.result["transcription"],
+    """A job's status body: its transcript once completed, its error once failed or cancelled."""
+    fields: dict[str, Any] = {}
+    if job.status == JobState.COMPLETED and job.result is not None:
+        # The stored result is TranscriptResult's body; jobs of older versions kept the same fields.
+        result = job.result
+        fields.update(
+            transcription=result["transcription"],
             output_file=job.output_file,
             completed_at=job.completed_at,
-            duration=job.result["duration"],
-            segments=job.result["segments"],
+            duration=round(result["duration"], 3),
+            segments=result["segments"],
         )
-    if job.status in ("failed", "cancelled"):
-        body.update(error=job.error, completed_at=job.completed_at)
-    return body
+    if job.status in (JobState.FAILED, JobState.CANCELLED):
+        fields.update(error=job.error, completed_at=job.completed_at)
+    body = shapes.Job(
+        job_id=job.id,
+        status=JobState(job.status),
+        progress=shapes.JobProgress(segments_done=job.segments_done, segments_total=job.segments_total),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        **fields,
+    )
+    return body.body()

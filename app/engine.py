@@ -132,11 +132,6 @@ class Engine:
             return None
         return round(max(0.0, self._retry_at - self._clock()), 1)
 
-    @property
-    def loaded(self) -> bool:
-        """Whether a model is in memory."""
-        return self._state is ModelState.LOADED
-
     # The worker thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:

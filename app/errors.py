@@ -226,7 +226,7 @@ def _openai_type(status: int) -> str:
 
 
 # OpenAI answers an undecodable upload with 400, not 415: its SDKs map 400 to BadRequestError.
-_OPENAI_STATUS = {415: 400}
+OPENAI_STATUS = {415: 400}
 
 
 def is_openai_route() -> bool:
@@ -238,7 +238,7 @@ def _json_error(status: int, code: str, message: str, param: str | None = None) 
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 3] + "..."
     if is_openai_route():
-        status = _OPENAI_STATUS.get(status, status)
+        status = OPENAI_STATUS.get(status, status)
         response = jsonify(openai_error_body(status, code, message, param))
     else:
         response = jsonify(error_body(code, message))
@@ -247,7 +247,7 @@ def _json_error(status: int, code: str, message: str, param: str | None = None) 
 
 
 # Werkzeug raises these itself (routing, body limits); they get codes in the same vocabulary.
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "invalid_request",
     404: "not_found",
     405: "method_not_allowed",
@@ -280,7 +280,7 @@ def register_error_handlers(app: Flask) -> None:
             # such as a body that arrived too slowly, is what happened.
             return _service_error(cause)
         status = exc.code or 500
-        code = _HTTP_CODES.get(status, "http_error")
+        code = HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
         if status == 404:
             message = (

@@ -25,18 +25,18 @@ from app.errors import (
     ShuttingDown,
     storage_error,
 )
-from app.formats import segments_json, transcript_text
-from app.options import TranscribeOptions
 from app.outputs import now_iso, reserve_output, write_reserved
 from app.pipeline import Pipeline
+from app.protocol.native import FINISHED, JobState, TranscribeOptions, TranscriptResult
 from app.storage import DiskGuard
 
 log = logging.getLogger(__name__)
 
 # A job that was running when the process died this many times is failed instead of run again.
 MAX_ATTEMPTS = 3
-# States a job never leaves (only retention or DELETE removes it).
-FINISHED = ("completed", "failed", "cancelled")
+# The SQL below names states through these, so a state is spelled in one place (JobState).
+_QUEUED, _PROCESSING, _COMPLETED, _FAILED, _CANCELLED = (state.value for state in JobState)
+_FINISHED_SQL = ", ".join(f"'{state.value}'" for state in FINISHED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -135,12 +135,12 @@ class JobStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if max_queued is not None:
-                    waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+                    waiting = db.execute(f"SELECT COUNT(*) FROM jobs WHERE status = '{_QUEUED}'").fetchone()[0]
                     if waiting >= max_queued:
                         raise QueueFull(f"{max_queued} jobs are already queued; try again later", retry_after=60)
                 db.execute(
                     "INSERT INTO jobs (id, status, options, audio_path, created_at, owner)"
-                    " VALUES (?, 'queued', ?, ?, ?, ?)",
+                    f" VALUES (?, '{_QUEUED}', ?, ?, ?, ?)",
                     (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner),
                 )
             except BaseException:
@@ -159,13 +159,13 @@ class JobStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
+                f"SELECT id FROM jobs WHERE status = '{_QUEUED}' ORDER BY created_at, rowid LIMIT 1"
             ).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 return None
             db.execute(
-                "UPDATE jobs SET status = 'processing', started_at = ?, attempts = attempts + 1,"
+                f"UPDATE jobs SET status = '{_PROCESSING}', started_at = ?, attempts = attempts + 1,"
                 " segments_done = 0 WHERE id = ?",
                 (now_iso(), row["id"]),
             )
@@ -176,7 +176,7 @@ class JobStore:
         """Record how many segments are finished."""
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET segments_done = ?, segments_total = ? WHERE id = ? AND status = 'processing'",
+                f"UPDATE jobs SET segments_done = ?, segments_total = ? WHERE id = ? AND status = '{_PROCESSING}'",
                 (done, total, job_id),
             )
 
@@ -189,8 +189,8 @@ class JobStore:
         """Mark a running job done with its result; False if it is no longer running (cancelled meanwhile)."""
         with self._connect() as db:
             cursor = db.execute(
-                "UPDATE jobs SET status = 'completed', completed_at = ?, result = ?, output_file = ?,"
-                " segments_done = segments_total WHERE id = ? AND status = 'processing'",
+                f"UPDATE jobs SET status = '{_COMPLETED}', completed_at = ?, result = ?, output_file = ?,"
+                f" segments_done = segments_total WHERE id = ? AND status = '{_PROCESSING}'",
                 (now_iso(), json.dumps(result), output_file, job_id),
             )
         return cursor.rowcount == 1
@@ -199,7 +199,8 @@ class JobStore:
         """Mark a running job failed with the reason (a cancelled one stays cancelled)."""
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ? AND status = 'processing'",
+                f"UPDATE jobs SET status = '{_FAILED}', completed_at = ?, error = ?"
+                f" WHERE id = ? AND status = '{_PROCESSING}'",
                 (now_iso(), error, job_id),
             )
 
@@ -207,8 +208,8 @@ class JobStore:
         """Put a running job back in the queue (its run was interrupted, not failed); the attempt may be uncounted."""
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET status = 'queued', segments_done = 0, attempts = attempts - ?"
-                " WHERE id = ? AND status = 'processing'",
+                f"UPDATE jobs SET status = '{_QUEUED}', segments_done = 0, attempts = attempts - ?"
+                f" WHERE id = ? AND status = '{_PROCESSING}'",
                 (0 if count_attempt else 1, job_id),
             )
 
@@ -221,7 +222,7 @@ class JobStore:
                 db.execute("COMMIT")
                 return None
             db.execute(
-                "UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ? WHERE id = ?",
+                f"UPDATE jobs SET status = '{_CANCELLED}', completed_at = ?, error = ? WHERE id = ?",
                 (now_iso(), "cancelled by the client", job_id),
             )
             db.execute("COMMIT")
@@ -243,7 +244,7 @@ class JobStore:
         """Ids of jobs that finished before the ISO time cutoff."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?",
+                f"SELECT id FROM jobs WHERE status IN ({_FINISHED_SQL}) AND completed_at < ?",
                 (cutoff,),
             ).fetchall()
         return [str(row["id"]) for row in rows]
@@ -252,16 +253,16 @@ class JobStore:
         """At start-up: requeue jobs that were running when the process died (or fail them after MAX_ATTEMPTS)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            rows = db.execute("SELECT id, attempts FROM jobs WHERE status = 'processing'").fetchall()
+            rows = db.execute(f"SELECT id, attempts FROM jobs WHERE status = '{_PROCESSING}'").fetchall()
             requeued = []
             for row in rows:
                 if row["attempts"] >= MAX_ATTEMPTS:
                     db.execute(
-                        "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ?",
+                        f"UPDATE jobs SET status = '{_FAILED}', completed_at = ?, error = ? WHERE id = ?",
                         (now_iso(), f"the service stopped while running this job {row['attempts']} times", row["id"]),
                     )
                 else:
-                    db.execute("UPDATE jobs SET status = 'queued', segments_done = 0 WHERE id = ?", (row["id"],))
+                    db.execute(f"UPDATE jobs SET status = '{_QUEUED}', segments_done = 0 WHERE id = ?", (row["id"],))
                     requeued.append(row["id"])
             db.execute("COMMIT")
         return requeued
@@ -270,7 +271,7 @@ class JobStore:
         """Number of jobs per status."""
         with self._connect() as db:
             rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        counts = {"queued": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+        counts = {state.value: 0 for state in JobState}
         counts.update({row["status"]: row["n"] for row in rows})
         return counts
 
@@ -374,10 +375,10 @@ class JobRunner:
         A queued job's audio goes at once; a running one stops when its next segment finishes.
         """
         previous = self.store.cancel(job_id)
-        if previous == "processing":
+        if previous == JobState.PROCESSING:
             with self._wake:
                 self._cancelled.add(job_id)
-        elif previous == "queued":
+        elif previous == JobState.QUEUED:
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         return previous
 
@@ -513,8 +514,10 @@ class JobRunner:
                 job.options,
                 on_progress=lambda done, total: self._progress(job.id, done, total),
                 check=lambda: self._check(job.id),
+                # The upload route probed the file before queuing it.
+                probed=True,
             )
-            text = transcript_text(transcript)
+            text = transcript.text
             # A rerun after a crash rewrites the name its first attempt reserved: one output per job, ever.
             output_file = job.output_file or reserve_output(self.outputs_dir)
             if job.output_file is None:
@@ -546,12 +549,7 @@ class JobRunner:
                 return functools.partial(self._requeue, job, count_attempt=True, reason=reason)
             log.exception("job %s failed", job.id)
             return functools.partial(self._fail, job, f"{type(exc).__name__}: {exc}")
-        result = {
-            "transcription": text,
-            "duration": transcript.duration,
-            "language": transcript.language,
-            "segments": segments_json(transcript),
-        }
+        result = TranscriptResult.of(transcript).body()
 
         def complete() -> bool:
             if not self.store.complete(job.id, result, output_file):

@@ -1,34 +1,36 @@
-"""The OpenAPI 3.1 description of the native API, built from the code's own limits, served at GET /openapi.json."""
+"""The OpenAPI 3.1 document of both APIs, generated from the protocol models, served at GET /openapi.json.
+
+The schemas are pydantic's own (model_json_schema), so a field's name, type, range, default and description
+have one source. This module adds only what models cannot say: which route answers which body, with which
+statuses and headers. Error codes are read off the exception classes.
+"""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+import copy
+import functools
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import core_schema
 
-from app.backends import StopReason
-from app.options import LANGUAGES, MAX_PROMPT_CHARS, RANGES, allowed
+from app.errors import HTTP_CODES, OPENAI_STATUS, ServiceError
+from app.protocol import native, openai
+from app.protocol.validation import allowed
+from app.services import current_services
 from app.settings import Settings
-from app.uploads import current_services
 
 # The version of the HTTP API this document describes; bump it when a route or a body changes.
-API_VERSION = "0.1.0"
+API_VERSION = "0.2.0"
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Qwen-Omni speech transcription service"
-
-JOB_STATES = ("queued", "processing", "completed", "failed", "cancelled")
 # Both schemes are alternatives: a request passes with either header when the server has keys configured.
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey": []}]
-
-# What each numeric option does; its type and range come from app/options.py's RANGES.
-_NUMERIC_MEANINGS = {
-    "segment_duration": "Seconds per segment the audio is cut into; each cut moves back to the quietest 10 ms "
-    "in the 2 s before it. 300 is the model's limit.",
-    "max_new_tokens": "Most tokens generated per segment; a runaway guard also caps each segment at 8 tokens per "
-    "second of audio plus 32.",
-    "temperature": "Sampling temperature; 0 is greedy decoding.",
-    "repetition_penalty": "Repetition penalty; 1 means none.",
-}
+_REF = "#/components/schemas/{model}"
 
 bp = Blueprint("openapi", __name__)
 
@@ -39,75 +41,120 @@ def openapi_json() -> Response:
     return jsonify(openapi_spec(current_services().settings))
 
 
-def _ref(kind: str, name: str) -> dict[str, str]:
-    """A reference to a component of this document."""
-    return {"$ref": f"#/components/{kind}/{name}"}
+class _Schema(GenerateJsonSchema):
+    """pydantic's JSON schema, without a title on every field and with bare consts ({"const": "error"})."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def literal_schema(self, schema: core_schema.LiteralSchema) -> dict[str, Any]:
+        result = super().literal_schema(schema)
+        if "const" in result:
+            result.pop("type", None)
+        return result
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON content map for a response."""
-    return {"application/json": {"schema": schema}}
+# (model, mode): requests are described as they are validated, responses as they are sent.
+_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+    (native.Error, "serialization"),
+    (native.Health, "serialization"),
+    (native.Transcription, "serialization"),
+    (native.JobQueued, "serialization"),
+    (native.Job, "serialization"),
+    (native.JobDeleted, "serialization"),
+    (openai.OpenAIError, "serialization"),
+    (openai.TranscriptionJson, "serialization"),
+    (openai.VerboseTranscription, "serialization"),
+    (openai.TranscriptDelta, "serialization"),
+    (openai.TranscriptDone, "serialization"),
+    (openai.ModelList, "serialization"),
+    (openai.ModelCard, "serialization"),
+    (openai.ChatCompletionRequest, "validation"),
+    (openai.ChatCompletion, "serialization"),
+    (openai.ChatCompletionChunk, "serialization"),
+]
 
 
-def _number(value: float, integer: bool) -> float | int:
-    """A range bound as JSON writes it: 1 rather than 1.0 for an integer field."""
-    return int(value) if integer else value
+def _components() -> dict[str, Any]:
+    """Every model's schema, under its class name (a copy: each document is the caller's to keep)."""
+    return copy.deepcopy(_model_schemas())
 
 
-def _option_properties(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The transcription options as multipart properties, one per TranscribeOptions field."""
+@functools.cache
+def _model_schemas() -> dict[str, Any]:
+    _, defs = models_json_schema(_MODELS, ref_template=_REF, schema_generator=_Schema)
+    schemas: dict[str, Any] = defs["$defs"]
+    _drop_needless_defaults(schemas)
+    return schemas
+
+
+def _drop_needless_defaults(node: Any) -> None:
+    """A const's default is the const itself, and a response field's null default says nothing: both go."""
+    if isinstance(node, dict):
+        if "default" in node and (node["default"] is None or node["default"] == node.get("const", ...)):
+            del node["default"]
+        for value in node.values():
+            _drop_needless_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_needless_defaults(value)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _form_property(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model property as a multipart field: form fields are never null (absent says none), so `X or null` is X."""
+    schema = {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+    options = schema.get("anyOf")
+    if options is None:
+        return schema
+    kept = [option for option in options if option.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
+def _option_properties(settings: Settings) -> dict[str, Any]:
+    """The transcription options as multipart properties, with this server's defaults."""
     defaults = settings.default_options()
-    properties: dict[str, dict[str, Any]] = {}
-    for name, (low, high, integer) in RANGES.items():
-        properties[name] = {
-            "type": "integer" if integer else "number",
-            "minimum": _number(low, integer),
-            "maximum": _number(high, integer),
-            "default": getattr(defaults, name),
-            "description": f"{_NUMERIC_MEANINGS[name]} Sent as a form string: {allowed(name)}. "
-            "Empty or absent means the server's default.",
-        }
-    properties["enable_s2t"] = {
-        "type": "boolean",
-        "default": defaults.enable_s2t,
-        "description": "Convert Simplified to Traditional Chinese (OpenCC s2t). Accepts true/false, 1/0, yes/no, "
-        "on/off, in any case.",
-    }
-    properties["language"] = {
-        "type": "string",
-        # Codes and English names are both accepted; empty or "auto" leaves the language to the model.
-        "enum": ["", "auto", *LANGUAGES, *LANGUAGES.values()],
-        "description": "The audio's language, as a code or an English name (case-insensitive), named in the "
-        "prompt. Empty or absent: the model detects it."
-        + (" Caption variants ignore it." if settings.model_variant.task == "caption" else ""),
-    }
-    if settings.model_variant.task != "caption":
-        # Caption variants take no text instruction and refuse a non-empty prompt: it is not offered there.
-        properties["prompt"] = {
-            "type": "string",
-            "maxLength": MAX_PROMPT_CHARS,
-            "description": f"An instruction replacing 'Transcribe the audio into text.', at most "
-            f"{MAX_PROMPT_CHARS} characters after trimming. Empty means the default instruction.",
-        }
+    properties: dict[str, Any] = {}
+    caption = settings.model_variant.task == "caption"
+    for name, schema in native.TranscribeOptions.model_json_schema(schema_generator=_Schema)["properties"].items():
+        if name == "prompt" and caption:
+            # Caption variants take no text instruction and refuse a non-empty prompt: it is not offered there.
+            continue
+        prop = _form_property(schema)
+        value = getattr(defaults, name)
+        if value is not None:
+            prop["default"] = value
+        else:
+            prop.pop("default", None)
+        if (words := allowed(native.TranscribeOptions, name)) is not None:
+            prop["description"] += f" Sent as a form string: {words}. Empty or absent means the server's default."
+        if name == "language" and caption:
+            prop["description"] += " Caption variants ignore it."
+        properties[name] = prop
     return properties
 
 
-def _upload_body(settings: Settings) -> dict[str, Any]:
-    """The multipart body every transcribe route takes: the audio plus the options as form fields."""
+def _file_property(settings: Settings) -> dict[str, Any]:
+    return {
+        "type": "string",
+        # 3.1 names binary content with contentMediaType; format: binary is what 3.0-era tools look for.
+        "contentMediaType": "application/octet-stream",
+        "format": "binary",
+        "description": "The audio, in any format ffmpeg reads (its first audio stream is used); at most "
+        f"{settings.max_upload_size} bytes.",
+    }
+
+
+def _upload_body(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The multipart body of an upload route: the audio plus the options as form fields."""
     schema = {
         "type": "object",
         "required": ["file"],
-        "properties": {
-            "file": {
-                "type": "string",
-                # 3.1 names binary content with contentMediaType; format: binary is what 3.0-era tools look for.
-                "contentMediaType": "application/octet-stream",
-                "format": "binary",
-                "description": "The audio, in any format ffmpeg reads (its first audio stream is used); at most "
-                f"{settings.max_upload_size} bytes.",
-            },
-            **_option_properties(settings),
-        },
+        "properties": {"file": _file_property(settings), **(extra or {}), **_option_properties(settings)},
     }
     return {
         "required": True,
@@ -117,63 +164,59 @@ def _upload_body(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    """References to the shared error responses for the given statuses."""
-    return {str(status): _ref("responses", _ERROR_RESPONSES[status][0]) for status in statuses}
+def _v1_upload_body(settings: Settings) -> dict[str, Any]:
+    """/v1/audio/transcriptions: OpenAI's fields, then the native options it accepts too."""
+    fields = openai.TranscriptionRequest.model_json_schema(schema_generator=_Schema, by_alias=True)
+    extra = {name: _form_property(schema) for name, schema in fields["properties"].items()}
+    return _upload_body(settings, extra)
 
 
-# status -> (component name, when it is answered, the error codes its body may carry)
-_ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
-    400: (
-        "BadRequest",
-        "The request is malformed: no `file` field, or an option out of range.",
-        ("missing_file", "invalid_option", "invalid_request"),
-    ),
-    401: ("Unauthorized", "API keys are configured and the request carries none of them.", ("unauthorized",)),
-    404: ("NotFound", "No job with that id (or it belongs to another API key).", ("job_not_found", "not_found")),
-    408: (
-        "RequestTimeout",
-        "The request body arrived too slowly (a pause over the body timeout, or under 1 KiB/s on average).",
-        ("request_timeout",),
-    ),
-    413: (
-        "UploadTooLarge",
-        "The upload is over the server's size limit, the form over its limits, or the audio longer than the "
-        "server's duration limit.",
-        ("upload_too_large", "audio_too_long"),
-    ),
-    415: (
-        "UnsupportedAudio",
-        "ffmpeg cannot decode the upload, it has no audio stream, or it holds no samples.",
-        ("unsupported_audio",),
-    ),
-    429: (
-        "RateLimited",
-        "The client is over the server's rate limit; retry after Retry-After seconds.",
-        ("rate_limited",),
-    ),
-    500: (
-        "InferenceFailed",
-        "The model raised while generating; the service keeps running.",
-        ("inference_failed", "internal_error"),
-    ),
-    503: (
-        "Unavailable",
-        "The model cannot be loaded or a segment does not fit in memory (the next request tries again), the "
-        "service is shutting down, the data directory cannot be written, or, for async jobs, the job queue is "
-        "full (with Retry-After).",
-        ("model_unavailable", "out_of_memory", "queue_full", "shutting_down", "storage_unavailable"),
-    ),
-    507: (
-        "InsufficientStorage",
-        "The data directory's disk is full, or would go below the server's free-space reserve with this upload.",
-        ("insufficient_storage",),
-    ),
+# status -> what it means; the codes a body may carry are read off the exception classes.
+_STATUS_MEANINGS = {
+    400: "The request is malformed: no `file` field, an option out of range, a body that is not what the route takes.",
+    401: "API keys are configured and the request carries none of them.",
+    404: "No such job (or it belongs to another API key), model or route.",
+    408: "The request body arrived too slowly (a pause over the body timeout, or under 1 KiB/s on average).",
+    413: "The upload is over the server's size limit, the form over its limits, or the audio longer than the "
+    "server's duration limit.",
+    415: "ffmpeg cannot decode the upload, it has no audio stream, or it holds no samples.",
+    429: "The client is over the server's rate limit; retry after Retry-After seconds.",
+    500: "The model raised while generating; the service keeps running.",
+    503: "The model cannot be loaded or a segment does not fit in memory (the next request tries again), the "
+    "service is shutting down, the data directory cannot be written, or, for async jobs, the job queue is full.",
+    507: "The data directory's disk is full, or would go below the server's free-space reserve with this upload.",
+}
+_RESPONSE_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    408: "RequestTimeout",
+    413: "UploadTooLarge",
+    415: "UnsupportedAudio",
+    429: "RateLimited",
+    500: "InferenceFailed",
+    503: "Unavailable",
+    507: "InsufficientStorage",
 }
 
 
+def _codes(openai_api: bool) -> dict[int, list[str]]:
+    """The error codes each status can carry, from the exception classes and werkzeug's own refusals."""
+    found: dict[int, set[str]] = defaultdict(set)
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        found[cls.status].add(cls.code)
+    for status, code in HTTP_CODES.items():
+        found[status].add(code)
+    if openai_api:
+        for status, mapped in OPENAI_STATUS.items():
+            found[mapped] |= found.pop(status, set())
+    return {status: sorted(codes) for status, codes in found.items()}
+
+
 def _retry_after(required: bool) -> dict[str, Any]:
-    """The Retry-After header object."""
     return {
         "description": "Seconds to wait before trying again.",
         "required": required,
@@ -181,250 +224,116 @@ def _retry_after(required: bool) -> dict[str, Any]:
     }
 
 
-def _error_response(status: int) -> dict[str, Any]:
-    """One shared error response: the one error body, plus the headers that status carries."""
-    _, description, codes = _ERROR_RESPONSES[status]
-    response: dict[str, Any] = {
-        "description": f"{description} Codes: {', '.join(codes)}.",
-        "content": _json(_ref("schemas", "Error")),
-    }
-    if status in (429, 503, 507):
-        # Always sent with 429; with 503 and 507 when trying again later can help.
-        response["headers"] = {"Retry-After": _retry_after(required=status == 429)}
-    elif status == 401:
-        response["headers"] = {
-            "WWW-Authenticate": {"description": "The scheme to authenticate with.", "schema": {"type": "string"}}
+def _error_responses(openai_api: bool) -> dict[str, Any]:
+    """The shared error responses of one API: its error body, the codes, the headers each status carries."""
+    codes = _codes(openai_api)
+    prefix = "OpenAI" if openai_api else ""
+    responses = {}
+    for status, meaning in _STATUS_MEANINGS.items():
+        if openai_api and status in OPENAI_STATUS:
+            continue
+        response: dict[str, Any] = {
+            "description": f"{meaning} Codes: {', '.join(codes.get(status, []))}.",
+            "content": {"application/json": {"schema": _ref("OpenAIError" if openai_api else "Error")}},
         }
-    return response
+        if status in (429, 503, 507):
+            # Always sent with 429; with 503 and 507 when trying again later can help.
+            response["headers"] = {"Retry-After": _retry_after(required=status == 429)}
+        elif status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {"description": "The scheme to authenticate with.", "schema": {"type": "string"}}
+            }
+        responses[prefix + _RESPONSE_NAMES[status]] = response
+    return responses
 
 
-def _schemas() -> dict[str, Any]:
-    """The bodies the native API answers with."""
-    nullable_string = {"type": ["string", "null"]}
-    timestamp = {"type": "string", "format": "date-time"}
-    segment = {
-        "type": "object",
-        "required": ["index", "start", "end", "text", "stop_reason"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0},
-            "start": {"type": "number", "minimum": 0, "description": "Seconds from the start of the audio."},
-            "end": {"type": "number", "minimum": 0},
-            "text": {"type": "string"},
-            "stop_reason": {
-                "enum": list(get_args(StopReason)),
-                "description": "eos: the model finished; max_tokens: a token limit cut it; repetition: the model "
-                "looped and the repeated tail was trimmed to one copy.",
-            },
-        },
+def _errors(*statuses: int, openai_api: bool = False) -> dict[str, Any]:
+    prefix = "OpenAI" if openai_api else ""
+    return {str(status): {"$ref": f"#/components/responses/{prefix}{_RESPONSE_NAMES[status]}"} for status in statuses}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+_TEXT = {"type": "string"}
+
+
+def _events(description: str, *payloads: str, done: bool = False) -> dict[str, Any]:
+    """A text/event-stream response: the schema of one event (OpenAPI 3.1 reads `schema` so), whose data is
+    JSON of one of the payload components, or OpenAI's error envelope for a failure after the stream began.
+    done: the stream ends with `data: [DONE]`, as OpenAI's chat streams do.
+    """
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"oneOf": [_ref(name) for name in (*payloads, "OpenAIError")]},
     }
-    job_fields = {
-        "job_id": {"type": "string"},
-        "status": {"enum": list(JOB_STATES)},
-        "progress": {
-            "type": "object",
-            "required": ["segments_done", "segments_total"],
-            "properties": {
-                "segments_done": {"type": "integer", "minimum": 0},
-                "segments_total": {"type": "integer", "minimum": 0},
-            },
-        },
-        "created_at": timestamp,
-        "started_at": {"type": ["string", "null"], "format": "date-time"},
-        "completed_at": {"type": ["string", "null"], "format": "date-time"},
-        "transcription": {"type": "string"},
-        "output_file": nullable_string,
-        "duration": {"type": "number", "minimum": 0},
-        "segments": {"type": "array", "items": _ref("schemas", "Segment")},
-        "error": {**nullable_string, "description": "Why the job failed or was cancelled."},
-    }
+    data = {"anyOf": [{"const": "[DONE]"}, json_data]} if done else json_data
     return {
-        "Error": {
+        "schema": {
             "type": "object",
-            "required": ["status", "error"],
-            "properties": {
-                "status": {"const": "error"},
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                },
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": [
-                "status",
-                "model_loaded",
-                "gpu_available",
-                "gpu_memory_allocated_gb",
-                "gpu_memory_reserved_gb",
-                "timestamp",
-                "model",
-                "storage",
-                "jobs",
-                "problems",
-            ],
-            "properties": {
-                "status": {
-                    "enum": ["ok", "degraded"],
-                    "description": "degraded: up, but the model cannot be loaded or the disk is full or unwritable; "
-                    "problems says why. Always answered with 200.",
-                },
-                "problems": {"type": "array", "items": {"type": "string"}},
-                "model_loaded": {"type": "boolean"},
-                "gpu_available": {"type": "boolean"},
-                "gpu_memory_allocated_gb": {"type": "number", "minimum": 0},
-                "gpu_memory_reserved_gb": {"type": "number", "minimum": 0},
-                "timestamp": timestamp,
-                "model": {
-                    "type": "object",
-                    "required": ["state", "device", "checkpoint", "variant", "task"],
-                    "properties": {
-                        "state": {"enum": ["unloaded", "loading", "loaded", "error"]},
-                        "error": {**nullable_string, "description": "Why the last load failed."},
-                        "device": {"type": "string"},
-                        "idle_timeout": {"type": "number", "minimum": 0},
-                        "seconds_until_unload": {"type": ["number", "null"]},
-                        "loads": {"type": "integer", "minimum": 0},
-                        "batch_size": {"type": "integer", "minimum": 1},
-                        "token_budget": {"type": "integer", "minimum": 1},
-                        "oom_batch_splits": {"type": "integer", "minimum": 0},
-                        "pending_segments": {"type": "integer", "minimum": 0},
-                        "retry_load_in": {
-                            "type": ["number", "null"],
-                            "description": "Seconds until a failed load is tried again; null when none failed.",
-                        },
-                        "download": {
-                            "type": ["object", "null"],
-                            "description": "The checkpoint download in progress, if any.",
-                            "properties": {
-                                "checkpoint": {"type": "string"},
-                                "bytes_done": {"type": "integer", "minimum": 0},
-                                "bytes_total": {"type": "integer", "minimum": 0},
-                                "percent": {"type": ["number", "null"]},
-                            },
-                        },
-                        "checkpoint": {"type": "string"},
-                        "variant": {"type": "string"},
-                        "task": {"enum": ["transcribe", "caption"]},
-                    },
-                },
-                "storage": {
-                    "type": "object",
-                    "required": ["free_bytes", "reserve_bytes", "low", "error"],
-                    "properties": {
-                        "free_bytes": {"type": ["integer", "null"], "description": "Free space of the data dir."},
-                        "reserve_bytes": {"type": "integer", "minimum": 0},
-                        "low": {"type": "boolean", "description": "Free space is below the reserve."},
-                        "error": {**nullable_string, "description": "The last failure to write the job database."},
-                    },
-                },
-                "jobs": {
-                    "type": ["object", "null"],
-                    "description": "Null when the job database cannot be read.",
-                    "required": ["queued", "running"],
-                    "properties": {
-                        "queued": {"type": "integer", "minimum": 0},
-                        "running": {"type": "integer", "minimum": 0},
-                    },
-                },
-            },
-        },
-        "Segment": segment,
-        "Transcription": {
-            "type": "object",
-            "required": [
-                "status",
-                "transcription",
-                "output_file",
-                "timestamp",
-                "duration",
-                "language",
-                "processing_time",
-                "segments",
-            ],
-            "properties": {
-                "status": {"const": "success"},
-                "transcription": {"type": "string"},
-                "output_file": {"type": "string", "description": "Its copy under the data dir's outputs/."},
-                "timestamp": timestamp,
-                "duration": {"type": "number", "minimum": 0},
-                "language": {**nullable_string, "description": "The language asked for; null when none was."},
-                "processing_time": {"type": "number", "minimum": 0},
-                "segments": {"type": "array", "items": _ref("schemas", "Segment")},
-            },
-        },
-        "JobQueued": {
-            "type": "object",
-            "required": ["job_id", "status", "status_url"],
-            "properties": {
-                "job_id": {"type": "string"},
-                "status": {"const": "queued"},
-                "status_url": {"type": "string", "description": "Where to poll: /status/{job_id}."},
-            },
-        },
-        "Job": {
-            "type": "object",
-            "description": "A completed job adds transcription, output_file, completed_at, duration and segments; "
-            "a failed or cancelled one adds error and completed_at.",
-            "required": ["job_id", "status", "progress", "created_at", "started_at"],
-            "properties": job_fields,
-        },
-        "JobDeleted": {
-            "type": "object",
-            "required": ["job_id", "status"],
-            "properties": {"job_id": {"type": "string"}, "status": {"const": "deleted"}},
-        },
+            "description": f"Server-sent events, `data: <JSON>` separated by blank lines: {description}",
+            "required": ["data"],
+            "properties": {"event": {"const": "message"}, "data": data},
+        }
     }
 
 
-def _transcribe_operation(
-    settings: Settings, summary: str, operation_id: str, media_type: str, body: dict[str, Any], extension: str | None
-) -> dict[str, Any]:
-    """A synchronous transcribe route: the upload in, the transcript in one format out."""
-    headers: dict[str, Any] = {}
-    if extension is not None:
-        # Attachments carry the output file's name in a header; the JSON route has it in the body.
-        headers["Content-Disposition"] = {
+@dataclass(frozen=True)
+class _Operation:
+    """One route and method, as the document describes it."""
+
+    path: str
+    method: str
+    operation_id: str
+    summary: str
+    tag: str
+    responses: dict[str, Any]
+    request: dict[str, Any] | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        operation: dict[str, Any] = {"tags": [self.tag], "summary": self.summary, "operationId": self.operation_id}
+        if self.description:
+            operation["description"] = self.description
+        if self.request is not None:
+            operation["requestBody"] = self.request
+        operation["responses"] = self.responses
+        return {**operation, **self.extra}
+
+
+def _attachment_headers(extension: str) -> dict[str, Any]:
+    """Attachments carry their file names in headers; the JSON route has them in the body."""
+    return {
+        "Content-Disposition": {
             "description": f"attachment, named after the upload (meeting.mp3 -> meeting.{extension}).",
             "required": True,
             "schema": {"type": "string"},
-        }
-        headers["X-Output-File"] = {
+        },
+        "X-Output-File": {
             "description": "The transcript's file name under the data dir's outputs/.",
             "required": True,
             "schema": {"type": "string"},
-        }
-    return {
-        "tags": ["transcribe"],
-        "summary": summary,
-        "operationId": operation_id,
-        "requestBody": _upload_body(settings),
-        "responses": {
-            "200": {
-                "description": "The transcript.",
-                **({"headers": headers} if headers else {}),
-                "content": {media_type: {"schema": body}},
-            },
-            **_errors(400, 401, 408, 413, 415, 429, 500, 503, 507),
         },
     }
 
 
-def _job_id_parameter() -> dict[str, Any]:
-    """The job id in /status/{job_id}."""
-    return {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "description": "The id /transcribe/async answered with.",
-        "schema": {"type": "string"},
-    }
+_SYNC_ERRORS = (400, 401, 408, 413, 415, 429, 500, 503, 507)
+_V1_UPLOAD_ERRORS = (400, 401, 404, 408, 413, 429, 500, 503, 507)
 
 
-def _paths(settings: Settings) -> dict[str, Any]:
-    """Every native route with its operations."""
-    text = {"type": "string"}
+def _transcribe(settings: Settings, path: str, op: str, summary: str, media: str, extension: str | None) -> _Operation:
+    schema = _ref("Transcription") if extension is None else _TEXT
+    ok: dict[str, Any] = {"description": "The transcript.", "content": {media: {"schema": schema}}}
+    if extension is not None:
+        ok = {"description": "The transcript.", "headers": _attachment_headers(extension), **ok}
+    responses = {"200": ok, **_errors(*_SYNC_ERRORS)}
+    return _Operation(path, "post", op, summary, "transcribe", responses, _upload_body(settings))
+
+
+def _native_operations(settings: Settings) -> list[_Operation]:
     job_links = {
         "status": {
             "operationId": "getJob",
@@ -437,125 +346,213 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "description": "Cancel the job, or delete it once finished.",
         },
     }
-    return {
-        "/health": {
-            "get": {
-                "tags": ["service"],
-                "summary": "Liveness, model state, device, GPU memory, idle countdown and job counts",
-                "description": "Never waits on the model; always open, even when API keys are configured.",
-                "operationId": "health",
-                "security": [],
-                "responses": {
-                    "200": {"description": "The service is up.", "content": _json(_ref("schemas", "Health"))}
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "tags": ["service"],
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {
-                    "200": {
-                        "description": "The OpenAPI document.",
-                        "content": _json({"type": "object", "required": ["openapi", "info", "paths"]}),
+    return [
+        _Operation(
+            "/health",
+            "get",
+            "health",
+            "Liveness, model state, device, GPU memory, idle countdown and job counts",
+            "service",
+            {"200": {"description": "The service is up.", "content": _json("Health")}},
+            description="Never waits on the model; always open, even when API keys are configured.",
+            extra={"security": []},
+        ),
+        _Operation(
+            "/openapi.json",
+            "get",
+            "openapi",
+            "This document",
+            "service",
+            {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {
+                        "application/json": {"schema": {"type": "object", "required": ["openapi", "info", "paths"]}}
                     },
-                    **_errors(401, 429),
                 },
-            }
-        },
-        "/transcribe": {
-            "post": _transcribe_operation(
-                settings, "Transcribe to plain text (an attachment)", "transcribeText", "text/plain", text, "txt"
-            )
-        },
-        "/transcribe/json": {
-            "post": _transcribe_operation(
-                settings,
-                "Transcribe to JSON with timed segments",
-                "transcribeJson",
-                "application/json",
-                _ref("schemas", "Transcription"),
-                None,
-            )
-        },
-        "/transcribe/srt": {
-            "post": _transcribe_operation(
-                settings, "Transcribe to SubRip subtitles", "transcribeSrt", "application/x-subrip", text, "srt"
-            )
-        },
-        "/transcribe/vtt": {
-            "post": _transcribe_operation(
-                settings, "Transcribe to WebVTT subtitles", "transcribeVtt", "text/vtt", text, "vtt"
-            )
-        },
-        "/transcribe/async": {
-            "post": {
-                "tags": ["jobs"],
-                "summary": "Queue a transcription job",
-                "description": "The upload is checked for audio now and kept until the job ends. Jobs survive "
-                "restarts. A full queue answers 503 queue_full with Retry-After.",
-                "operationId": "createJob",
-                "requestBody": _upload_body(settings),
-                "responses": {
-                    "202": {
-                        "description": "Queued.",
-                        "content": _json(_ref("schemas", "JobQueued")),
-                        "links": job_links,
-                    },
-                    **_errors(400, 401, 408, 413, 415, 429, 503, 507),
-                },
-            }
-        },
-        "/status/{job_id}": {
-            "parameters": [_job_id_parameter()],
-            "get": {
-                "tags": ["jobs"],
-                "summary": "A job's state and progress; its transcript once completed",
-                "operationId": "getJob",
-                "responses": {
-                    "200": {"description": "The job.", "content": _json(_ref("schemas", "Job"))},
-                    **_errors(401, 404, 429),
-                },
+                **_errors(401, 429),
             },
-            "delete": {
-                "tags": ["jobs"],
-                "summary": "Cancel a queued or running job, or delete a finished one and its files",
-                "operationId": "deleteJob",
-                "responses": {
-                    "200": {
-                        "description": "Cancelled (the job, now with status cancelled) or deleted.",
-                        "content": _json({"oneOf": [_ref("schemas", "Job"), _ref("schemas", "JobDeleted")]}),
-                    },
-                    **_errors(401, 404, 429),
-                },
+        ),
+        _transcribe(
+            settings, "/transcribe", "transcribeText", "Transcribe to plain text (an attachment)", "text/plain", "txt"
+        ),
+        _transcribe(
+            settings,
+            "/transcribe/json",
+            "transcribeJson",
+            "Transcribe to JSON with timed segments",
+            "application/json",
+            None,
+        ),
+        _transcribe(
+            settings,
+            "/transcribe/srt",
+            "transcribeSrt",
+            "Transcribe to SubRip subtitles",
+            "application/x-subrip",
+            "srt",
+        ),
+        _transcribe(settings, "/transcribe/vtt", "transcribeVtt", "Transcribe to WebVTT subtitles", "text/vtt", "vtt"),
+        _Operation(
+            "/transcribe/async",
+            "post",
+            "createJob",
+            "Queue a transcription job",
+            "jobs",
+            {
+                "202": {"description": "Queued.", "content": _json("JobQueued"), "links": job_links},
+                **_errors(400, 401, 408, 413, 415, 429, 503, 507),
             },
+            _upload_body(settings),
+            description="The upload is checked for audio now and kept until the job ends. Jobs survive restarts. "
+            "A full queue answers 503 queue_full with Retry-After.",
+        ),
+        _Operation(
+            "/status/{job_id}",
+            "get",
+            "getJob",
+            "A job's state and progress; its transcript once completed",
+            "jobs",
+            {"200": {"description": "The job.", "content": _json("Job")}, **_errors(401, 404, 429)},
+        ),
+        _Operation(
+            "/status/{job_id}",
+            "delete",
+            "deleteJob",
+            "Cancel a queued or running job, or delete a finished one and its files",
+            "jobs",
+            {
+                "200": {
+                    "description": "Cancelled (the job, now with status cancelled) or deleted.",
+                    "content": {"application/json": {"schema": {"oneOf": [_ref("Job"), _ref("JobDeleted")]}}},
+                },
+                **_errors(401, 404, 429),
+            },
+        ),
+    ]
+
+
+def _v1_operations(settings: Settings) -> list[_Operation]:
+    transcription_media = {
+        "application/json": {
+            "schema": {"oneOf": [_ref("TranscriptionJson"), _ref("VerboseTranscription")]},
         },
+        "text/plain": {"schema": _TEXT},
+        "application/x-subrip": {"schema": _TEXT},
+        "text/vtt": {"schema": _TEXT},
+        "text/event-stream": _events(
+            "one TranscriptDelta per finished segment, then one TranscriptDone; a failure after the stream began "
+            "is one OpenAIError event.",
+            "TranscriptDelta",
+            "TranscriptDone",
+        ),
     }
+    chat_media = {
+        "application/json": {"schema": _ref("ChatCompletion")},
+        "text/event-stream": _events(
+            "ChatCompletionChunk events, then `data: [DONE]`; a failure after the stream began is one OpenAIError "
+            "event.",
+            "ChatCompletionChunk",
+            done=True,
+        ),
+    }
+    return [
+        _Operation(
+            "/v1/models",
+            "get",
+            "listModels",
+            "The one model this server serves",
+            "openai",
+            {
+                "200": {"description": "The model list.", "content": _json("ModelList")},
+                **_errors(401, 429, openai_api=True),
+            },
+        ),
+        _Operation(
+            "/v1/models/{name}",
+            "get",
+            "getModel",
+            "The served model, by its id, variant name or an OpenAI alias",
+            "openai",
+            {
+                "200": {"description": "The model.", "content": _json("ModelCard")},
+                **_errors(401, 404, 429, openai_api=True),
+            },
+            extra={"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]},
+        ),
+        _Operation(
+            "/v1/audio/transcriptions",
+            "post",
+            "createTranscription",
+            "OpenAI's transcription endpoint: every response_format, and server-sent events with stream=true",
+            "openai",
+            {
+                "200": {"description": "The transcript in the format asked for.", "content": transcription_media},
+                **_errors(*_V1_UPLOAD_ERRORS, openai_api=True),
+            },
+            _v1_upload_body(settings),
+            description="An undecodable upload is a 400 with code unsupported_audio, as OpenAI answers.",
+        ),
+        _Operation(
+            "/v1/chat/completions",
+            "post",
+            "createChatCompletion",
+            "OpenAI chat completions with text and input_audio parts, answered by the loaded model",
+            "openai",
+            {
+                "200": {"description": "The answer, whole or streamed.", "content": chat_media},
+                **_errors(*_V1_UPLOAD_ERRORS, openai_api=True),
+            },
+            {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+            },
+        ),
+    ]
+
+
+def _paths(settings: Settings) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for operation in [*_native_operations(settings), *_v1_operations(settings)]:
+        item = paths.setdefault(operation.path, {})
+        if operation.path == "/status/{job_id}":
+            item["parameters"] = [
+                {
+                    "name": "job_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "The id /transcribe/async answered with.",
+                    "schema": {"type": "string"},
+                }
+            ]
+        item[operation.method] = operation.document()
+    return paths
 
 
 def openapi_spec(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the native API, for a server running with these settings."""
+    """The OpenAPI 3.1 document of both APIs, for a server running with these settings."""
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": TITLE,
             "version": API_VERSION,
             "description": "Speech to text on the Qwen-Omni family: plain text, JSON with timed segments, SRT and "
-            "WebVTT, synchronously or as asynchronous jobs. Security applies only when the server has API keys "
+            "WebVTT, synchronously or as asynchronous jobs, and an OpenAI-compatible API under /v1 "
+            "(transcriptions, models, chat with audio). Security applies only when the server has API keys "
             "configured (ASR_API_KEY); then every route but /health needs one, sent as `Authorization: Bearer "
-            "<key>` or `X-API-Key: <key>`. An OpenAI-compatible API is served under /v1 (not described here).",
+            "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope.",
         },
         "tags": [
             {"name": "service", "description": "Health and this document."},
             {"name": "transcribe", "description": "Synchronous transcription in four formats."},
             {"name": "jobs", "description": "Asynchronous transcription jobs."},
+            {"name": "openai", "description": "The OpenAI-compatible API."},
         ],
         "security": SECURITY,
         "paths": _paths(settings),
         "components": {
-            "schemas": _schemas(),
-            "responses": {name: _error_response(status) for status, (name, _, _) in _ERROR_RESPONSES.items()},
+            "schemas": _components(),
+            "responses": {**_error_responses(openai_api=False), **_error_responses(openai_api=True)},
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",

@@ -6,8 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.formats import transcript_text
-from app.pipeline import Transcript
+from app.transcript import Transcript
 
 
 def now_iso() -> str:
@@ -51,5 +50,5 @@ def write_output(directory: Path, text: str) -> str:
 
 def save_transcript(directory: Path, transcript: Transcript) -> tuple[str, str]:
     """Write a finished transcription's text to the outputs; returns (text, output file name)."""
-    text = transcript_text(transcript)
+    text = transcript.text
     return text, write_output(directory, text + "\n")

@@ -6,14 +6,14 @@ import functools
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app import audio
-from app.backends import GenerationParams, GenerationRequest, GenerationResult, StopReason
+from app.backends import GenerationParams, GenerationRequest, GenerationResult
 from app.engine import Engine
-from app.options import TranscribeOptions
+from app.protocol.native import TranscribeOptions
+from app.transcript import Transcript, TranscriptSegment
 
 ProgressCallback = Callable[[int, int], None]
 # Called while a transcription runs, at least every CHECK_SECONDS; it raises to abandon the work (the client
@@ -22,29 +22,6 @@ Check = Callable[[], None]
 CHECK_SECONDS = 0.5
 # Segments of one transcription waiting in the engine at once: enough to fill several batches.
 MAX_IN_FLIGHT = 64
-
-
-@dataclass(frozen=True)
-class TranscriptSegment:
-    """One segment's text and its position in the audio, in seconds."""
-
-    index: int
-    start: float
-    end: float
-    text: str
-    # Why generation stopped: eos (the model finished), max_tokens (a limit cut it), repetition (a loop
-    # was detected and its repeated tail trimmed).
-    stop_reason: StopReason = "eos"
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """The result of one transcription."""
-
-    segments: list[TranscriptSegment]
-    duration: float
-    language: str | None
-    processing_seconds: float
 
 
 class Pipeline:
@@ -65,10 +42,12 @@ class Pipeline:
         options: TranscribeOptions,
         on_progress: ProgressCallback | None = None,
         check: Check | None = None,
+        *,
+        probed: bool = False,
     ) -> Transcript:
         """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
         started = time.monotonic()
-        segments = list(self.segments(path, options, on_progress, check))
+        segments = list(self.segments(path, options, on_progress, check, probed=probed))
         return Transcript(
             segments=segments,
             duration=segments[-1].end,
@@ -82,13 +61,16 @@ class Pipeline:
         options: TranscribeOptions,
         on_progress: ProgressCallback | None = None,
         check: Check | None = None,
+        *,
+        probed: bool = False,
     ) -> Generator[TranscriptSegment, None, None]:
         """Transcribed segments of the file at path, yielded in order as soon as each and those before it finish.
 
         Segments go to the engine as ffmpeg decodes them, so generation starts before decoding ends; at
         most MAX_IN_FLIGHT of them wait at a time, which bounds the audio held in memory for a long file.
         Closing the iterator early (a client went away), or check() raising, stops ffmpeg and cancels the
-        segments still waiting.
+        segments still waiting. probed says the caller has already refused what probe() refuses (the file
+        is probed once per request); decoding enforces the duration cap either way.
         """
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
         spans: list[tuple[int, float, float]] = []
@@ -122,7 +104,8 @@ class Pipeline:
                 yield TranscriptSegment(index, start, end, text, result.stop_reason)
 
         # Refuse what is not plausible audio before any of it reaches the engine.
-        self.probe(path)
+        if not probed:
+            self.probe(path)
         try:
             for segment in audio.stream_segments(path, options.segment_duration, self.max_audio_seconds):
                 if check:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flask import current_app
+
 from app.backends import Backend
 from app.checkpoints import DownloadProgress
 from app.engine import Engine
@@ -45,6 +47,12 @@ class Services:
         self.runner.stop()
         self.engine.stop(timeout=timeout)
         self.runner.stop(timeout=timeout)
+
+
+def current_services() -> Services:
+    """The services of the app handling this request."""
+    found: Services = current_app.extensions["asr"]
+    return found
 
 
 def real_loader(settings: Settings, download: DownloadProgress) -> BackendLoader:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from app.options import TranscribeOptions, check_max_new_tokens, check_segment_duration
+from app.protocol.native import TranscribeOptions
+from app.protocol.validation import parse_flag
 from app.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -117,9 +118,7 @@ class Settings:
             object.__setattr__(self, "segment_duration", variant.segment_duration)
         if self.device == "auto":
             object.__setattr__(self, "device", variant.device)
-        check_segment_duration(self.segment_duration)
-        check_max_new_tokens(self.max_new_tokens)
-        self.default_options()  # validates temperature and repetition_penalty the same way requests are
+        self.default_options()  # validates the option defaults the same way requests are
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.min_free_space < 0:
@@ -223,12 +222,10 @@ def parse_size(raw: str) -> int:
 def parse_value(name: str, kind: type, raw: str) -> Any:
     """Parse one setting from its string form."""
     if kind is bool:
-        text = raw.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+        flag = parse_flag(raw)
+        if flag is None:
+            raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+        return flag
     if Settings.__dataclass_fields__[name].metadata.get("size"):
         return parse_size(raw)
     try:

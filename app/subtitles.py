@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
 
-from app.formats import cue_text, is_cjk, join_text
-from app.pipeline import Transcript, TranscriptSegment
+from app.text import cue_text, is_cjk, join_text
+from app.transcript import Transcript, TranscriptSegment
 
 MAX_LINES = 2
 MAX_LINE_CHARS = 42

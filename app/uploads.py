@@ -10,17 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flask import current_app, request
+from flask import request
 from werkzeug.datastructures import FileStorage
 
 from app.errors import ClientDisconnected, InvalidRequest, MissingFile
-from app.services import Services
-
-
-def current_services() -> Services:
-    """The services of the app handling this request."""
-    found: Services = current_app.extensions["asr"]
-    return found
+from app.protocol.native import TranscribeOptions, parse_options
+from app.services import current_services
 
 
 def client_check() -> Callable[[], None] | None:
@@ -37,6 +32,16 @@ def client_check() -> Callable[[], None] | None:
             raise ClientDisconnected("the client closed the connection; the work for it was stopped")
 
     return check
+
+
+def form_options() -> TranscribeOptions:
+    """The request's transcription options over the server's defaults, checked against what the model accepts.
+
+    The one place a form becomes options, for the native routes and /v1 alike.
+    """
+    settings = current_services().settings
+    accepts_prompt = settings.model_variant.task != "caption"
+    return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
 
 
 def uploaded_file() -> FileStorage:

@@ -8,6 +8,8 @@ from typing import Any
 
 from gunicorn import util
 
+from app.errors import error_body
+
 _CODES = {
     400: "invalid_request",
     403: "forbidden",
@@ -25,7 +27,7 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
         code, mesg = "internal_error", "internal server error"
     else:
         code = _CODES.get(status_int, "http_error")
-    body = json.dumps({"status": "error", "error": {"code": code, "message": mesg}}).encode("utf-8")
+    body = json.dumps(error_body(code, mesg)).encode("utf-8")
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

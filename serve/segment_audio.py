@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.audio import stream_segments  # noqa: E402
 from app.errors import InvalidOption, UnsupportedAudio  # noqa: E402
-from app.options import parse_options  # noqa: E402
+from app.protocol.native import parse_options  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 

@@ -6,11 +6,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from app.audio import SAMPLE_RATE
+from app.transcript import StopReason
+
 # Runaway guard: no speech needs more than this many new tokens per second of audio (fast speech is about
 # 4 to 6), plus a margin for short segments, punctuation and a language tag.
 MAX_TOKENS_PER_SECOND = 8
@@ -26,8 +28,6 @@ AUDIO_MARKER_TOKENS = 2
 # counting a token per 3 bytes rarely underestimates.
 BYTES_PER_TOKEN = 3
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
-
-StopReason = Literal["eos", "max_tokens", "repetition"]
 
 # C0 and C1 control characters but tab and newline, and DEL. A model can emit them (random or confused weights,
 # byte-level tokens); in subtitles they break players (ffmpeg drops every SRT cue after a NUL) and in JSON

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, StopReason, printable
+from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, printable
 from app.backends.loading import thinker_loading
 from app.backends.stopping import (
     RepetitionLoop,
@@ -21,8 +21,9 @@ from app.backends.stopping import (
     trim_repetition,
 )
 from app.devices import resolve_device
-from app.options import LANGUAGES
+from app.protocol.native import LANGUAGES
 from app.settings import Settings
+from app.transcript import StopReason
 from app.variants import Task
 
 log = logging.getLogger(__name__)

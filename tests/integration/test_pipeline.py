@@ -14,8 +14,8 @@ import pytest
 from app.backends import GenerationRequest, GenerationResult
 from app.engine import Engine
 from app.errors import UnsupportedAudio
-from app.options import TranscribeOptions
 from app.pipeline import MAX_IN_FLIGHT, Pipeline
+from app.protocol.native import TranscribeOptions
 from tests.support import JFK, make_audio
 
 

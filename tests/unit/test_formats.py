@@ -9,8 +9,10 @@ import pytest
 import srt
 import webvtt
 
-from app.formats import join_text, render_srt, render_text, render_vtt, segments_json
-from app.pipeline import Transcript, TranscriptSegment
+from app.formats import render_srt, render_text, render_vtt
+from app.protocol.native import TranscriptResult
+from app.text import join_text
+from app.transcript import Transcript, TranscriptSegment
 
 
 def transcript(*parts: tuple[float, float, str]) -> Transcript:
@@ -120,7 +122,7 @@ def test_render_srt_all_empty() -> None:
 def test_segments_json() -> None:
     """Every segment (empty ones included), times rounded to milliseconds."""
     t = transcript((0.0, 2.6449375, "ask not"), (2.6449375, 4.84, ""))
-    assert segments_json(t) == [
+    assert TranscriptResult.of(t).body()["segments"] == [
         {"index": 0, "start": 0.0, "end": 2.645, "text": "ask not", "stop_reason": "eos"},
         {"index": 1, "start": 2.645, "end": 4.84, "text": "", "stop_reason": "eos"},
     ]

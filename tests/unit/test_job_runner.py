@@ -15,8 +15,8 @@ import pytest
 
 from app.errors import DecodeInterrupted, ModelUnavailable, QueueFull
 from app.jobs import MAX_ATTEMPTS, Job, JobRunner, JobStore
-from app.options import TranscribeOptions
-from app.pipeline import Transcript, TranscriptSegment
+from app.protocol.native import TranscribeOptions
+from app.transcript import Transcript, TranscriptSegment
 from tests.support import wait_for
 
 OPTIONS = TranscribeOptions(segment_duration=30.0, max_new_tokens=8)
@@ -29,7 +29,9 @@ class FakePipeline:
         self.behaviour = list(behaviour)
         self.calls = 0
 
-    def transcribe(self, path: str, options: TranscribeOptions, on_progress: Any = None, check: Any = None) -> Any:
+    def transcribe(
+        self, path: str, options: TranscribeOptions, on_progress: Any = None, check: Any = None, *, probed: bool = False
+    ) -> Any:
         step = self.behaviour[min(self.calls, len(self.behaviour) - 1)]
         self.calls += 1
         return step(on_progress=on_progress, check=check)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.jobs import MAX_ATTEMPTS, JobStore, new_job_id
-from app.options import TranscribeOptions
+from app.protocol.native import TranscribeOptions
 
 OPTIONS = TranscribeOptions(segment_duration=30.0, max_new_tokens=100, language="en", prompt="p")
 

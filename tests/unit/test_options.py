@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import InvalidOption
-from app.options import MAX_PROMPT_CHARS, TranscribeOptions, parse_options
+from app.protocol.native import MAX_PROMPT_CHARS, TranscribeOptions, parse_options
 
 DEFAULTS = TranscribeOptions(
     segment_duration=45.0, max_new_tokens=1024, temperature=0.3, repetition_penalty=1.2, enable_s2t=True

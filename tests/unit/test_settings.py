@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidOption
-from app.options import TranscribeOptions
+from app.protocol.native import TranscribeOptions
 from app.settings import Settings, parse_size
 from app.variants import VARIANTS
 

@@ -11,8 +11,7 @@ import pytest
 import srt
 import webvtt
 
-from app.formats import is_cjk, render_srt, render_vtt
-from app.pipeline import Transcript, TranscriptSegment
+from app.formats import render_srt, render_vtt
 from app.subtitles import (
     MAX_CUE_MS,
     MAX_LINE_CHARS,
@@ -23,6 +22,8 @@ from app.subtitles import (
     line_limit,
     segment_cues,
 )
+from app.text import is_cjk
+from app.transcript import Transcript, TranscriptSegment
 
 
 def transcript(*parts: tuple[float, float, str]) -> Transcript:

@@ -1,0 +1,162 @@
+"""POST /v1/audio/transcriptions: OpenAI's transcription endpoint, every response_format, and streaming."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+from flask import Response, jsonify, request
+
+from app.errors import InvalidOption, quoted
+from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
+from app.openai_api.events import event_stream, sse
+from app.openai_api.models import check_model
+from app.outputs import save_transcript
+from app.protocol.native import LANGUAGES, TranscribeOptions
+from app.protocol.openai import (
+    STREAM_FORMATS,
+    DurationUsage,
+    TranscriptDelta,
+    TranscriptDone,
+    TranscriptionJson,
+    TranscriptionRequest,
+    VerboseSegment,
+    VerboseTranscription,
+)
+from app.protocol.validation import validate
+from app.services import Services, current_services
+from app.text import join_text
+from app.transcript import Transcript, TranscriptSegment
+from app.uploads import client_check, detached_copy, form_options, local_path, uploaded_file
+
+log = logging.getLogger(__name__)
+
+
+def _request() -> TranscriptionRequest:
+    """OpenAI's fields of the form, validated; the native options are read by form_options()."""
+    form = request.form
+    fields: dict[str, object] = {"model": form.get("model")}
+    if (response_format := (form.get("response_format") or "").strip()) != "":
+        fields["response_format"] = response_format
+    # OpenAI's SDKs send the list as timestamp_granularities[]; plain form encoders without the brackets.
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    for value in granularities:
+        # Named as the SDKs send the field, whichever spelling came: not as a position in a list.
+        if value == "word":
+            raise InvalidOption(
+                "timestamp_granularities[]", "word timestamps are not available from this model; use segment"
+            )
+        if value != "segment":
+            raise InvalidOption("timestamp_granularities[]", f"must be segment, got {quoted(value)}")
+    fields["timestamp_granularities[]"] = granularities
+    fields["stream"] = form.get("stream") or "false"
+    return validate(TranscriptionRequest, fields)
+
+
+def transcriptions() -> Response:
+    """OpenAI's transcription endpoint: every response_format, and server-sent events with stream=true."""
+    services = current_services()
+    file = uploaded_file()
+    asked = _request()
+    check_model(services.settings, asked.model)
+    if asked.stream and asked.response_format not in STREAM_FORMATS:
+        raise InvalidOption("stream", f"streams carry text only: use json or text, not {asked.response_format}")
+    options = form_options()
+    if asked.stream:
+        path = detached_copy(file)
+        try:
+            # Reject what is not audio while a 4xx can still be sent: a stream's status is fixed once begun.
+            services.pipeline.probe(path)
+            response = _stream_transcription(services, path, options)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        # The WSGI server closes every response, finished or abandoned: the copy goes with it.
+        response.call_on_close(lambda: path.unlink(missing_ok=True))
+        return response
+    started = time.monotonic()
+    with local_path(file) as path:
+        transcript = services.pipeline.transcribe(path, options, check=client_check())
+    text, output_file = save_transcript(services.outputs_dir, transcript)
+    log.info("transcribed %.1f s of audio in %.1f s", transcript.duration, time.monotonic() - started)
+    response = _render(asked.response_format, transcript, text, options)
+    response.headers["X-Output-File"] = output_file
+    return response
+
+
+def _usage(transcript: Transcript) -> DurationUsage:
+    return DurationUsage(seconds=math.ceil(transcript.duration))
+
+
+def _render(response_format: str, transcript: Transcript, text: str, options: TranscribeOptions) -> Response:
+    if response_format == "json":
+        return jsonify(TranscriptionJson(text=text, usage=_usage(transcript)).body())
+    if response_format == "verbose_json":
+        return jsonify(verbose_json(transcript, text, options).body())
+    body = {"text": render_text, "srt": render_srt, "vtt": render_vtt}[response_format]
+    return Response(body(transcript), content_type=CONTENT_TYPES[response_format])
+
+
+def verbose_json(transcript: Transcript, text: str, options: TranscribeOptions) -> VerboseTranscription:
+    """OpenAI's verbose_json: Whisper's segment fields, with null where this model has no such figure."""
+    language = LANGUAGES[transcript.language].lower() if transcript.language in LANGUAGES else None
+    return VerboseTranscription(
+        language=language,
+        duration=round(transcript.duration, 3),
+        text=text,
+        segments=[_verbose_segment(s, options) for s in transcript.segments],
+        usage=_usage(transcript),
+    )
+
+
+def _verbose_segment(segment: TranscriptSegment, options: TranscribeOptions) -> VerboseSegment:
+    return VerboseSegment(
+        id=segment.index,
+        # Whisper's seek is the segment's offset in 10 ms mel frames.
+        seek=round(segment.start * 100),
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text,
+        # The thinker gives no token log-probabilities or no-speech probability here: null, not a guess.
+        tokens=None,
+        temperature=options.temperature,
+        avg_logprob=None,
+        compression_ratio=compression_ratio(segment.text),
+        no_speech_prob=None,
+        stop_reason=segment.stop_reason,
+    )
+
+
+def compression_ratio(text: str) -> float | None:
+    """Whisper's measure of repetitiveness: text bytes over zlib-compressed bytes (null for empty text)."""
+    data = text.encode("utf-8")
+    if not data:
+        return None
+    return round(len(data) / len(zlib.compress(data)), 3)
+
+
+def _stream_transcription(services: Services, path: Path, options: TranscribeOptions) -> Response:
+    """transcript.text.delta per finished segment, in order, then transcript.text.done; errors as an event."""
+
+    def events() -> Iterator[str]:
+        started = time.monotonic()
+        segments: list[TranscriptSegment] = []
+        sent = ""
+        with closing(services.pipeline.segments(path, options, probed=True)) as produced:
+            for segment in produced:
+                segments.append(segment)
+                joined = join_text([s.text for s in segments])
+                if len(joined) > len(sent):
+                    # join_text only ever appends, so the deltas add up to the final text exactly.
+                    yield sse(TranscriptDelta(delta=joined[len(sent) :]))
+                    sent = joined
+        transcript = Transcript(segments, segments[-1].end, options.language, time.monotonic() - started)
+        text, _ = save_transcript(services.outputs_dir, transcript)
+        yield sse(TranscriptDone(text=text, usage=_usage(transcript)))
+
+    return event_stream(events(), "streamed transcription")

@@ -1,0 +1,415 @@
+"""The native API's shapes: the transcription options every upload route takes, and every body it answers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+
+from app.errors import InvalidOption, quoted
+from app.protocol.validation import FormFlag, invalid, numeric_ranges, validate
+from app.transcript import StopReason, Transcript, TranscriptSegment
+
+# The official feature extractor pads/truncates at 300 s (n_samples 4 800 000): longer segments would be cut.
+MAX_SEGMENT_SECONDS = 300.0
+MIN_SEGMENT_SECONDS = 1.0
+MAX_NEW_TOKENS_LIMIT = 32768
+MAX_TEMPERATURE = 2.0
+REPETITION_PENALTY_RANGE = (0.5, 3.0)
+MAX_PROMPT_CHARS = 4000
+
+# The ranges both APIs share (the chat's max_tokens and temperature are the same quantities).
+MaxNewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS_LIMIT)]
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
+
+# Languages Qwen-Omni transcribes; code -> the English name used in the prompt ("Transcribe the English audio").
+LANGUAGES: dict[str, str] = {
+    "en": "English",
+    "zh": "Chinese",
+    "yue": "Cantonese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "ar": "Arabic",
+    "nl": "Dutch",
+    "sv": "Swedish",
+    "da": "Danish",
+    "fi": "Finnish",
+    "no": "Norwegian",
+    "pl": "Polish",
+    "cs": "Czech",
+    "tr": "Turkish",
+    "el": "Greek",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "id": "Indonesian",
+    "ms": "Malay",
+    "th": "Thai",
+    "vi": "Vietnamese",
+    "uk": "Ukrainian",
+    "hu": "Hungarian",
+    "ro": "Romanian",
+    "fa": "Persian",
+    "ur": "Urdu",
+}
+_LANGUAGE_BY_NAME = {name.lower(): code for code, name in LANGUAGES.items()}
+
+
+def parse_language(raw: str) -> str | None:
+    """A language code ("en") or English name ("English"); empty or "auto" means detect."""
+    text = raw.strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text in LANGUAGES:
+        return text
+    if text in _LANGUAGE_BY_NAME:
+        return _LANGUAGE_BY_NAME[text]
+    raise ValueError(f"unknown language {quoted(raw)}; use one of: {', '.join(sorted(LANGUAGES))}")
+
+
+class TranscribeOptions(BaseModel):
+    """Validated options for one transcription: the form fields of every upload route, on both APIs.
+
+    Form fields arrive as strings and are read as they always were: numbers with spaces around them, an
+    integer written as 512.0 or 1e3, the booleans true/false, 1/0, yes/no, on/off (not pydantic's t/f/y/n),
+    a language as a code or an English name, a prompt trimmed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    segment_duration: float = Field(
+        60.0,
+        ge=MIN_SEGMENT_SECONDS,
+        le=MAX_SEGMENT_SECONDS,
+        allow_inf_nan=False,
+        description="Seconds per segment the audio is cut into; each cut moves back to the quietest 10 ms in the "
+        "2 s before it. 300 is the model's limit.",
+    )
+    max_new_tokens: MaxNewTokens = Field(
+        8192,
+        description="Most tokens generated per segment; a runaway guard also caps each segment at 8 tokens per "
+        "second of audio plus 32.",
+    )
+    temperature: Temperature = Field(0.1, description="Sampling temperature; 0 is greedy decoding.")
+    repetition_penalty: float = Field(
+        1.1,
+        ge=REPETITION_PENALTY_RANGE[0],
+        le=REPETITION_PENALTY_RANGE[1],
+        allow_inf_nan=False,
+        description="Repetition penalty; 1 means none.",
+    )
+    enable_s2t: FormFlag = Field(
+        False,
+        description="Convert Simplified to Traditional Chinese (OpenCC s2t). Accepts true/false, 1/0, yes/no, "
+        "on/off, in any case.",
+    )
+    language: str | None = Field(
+        None,
+        description="The audio's language, as a code or an English name (case-insensitive), named in the prompt. "
+        "Empty or absent: the model detects it.",
+        # Codes and English names are both accepted; empty or "auto" leaves the language to the model.
+        json_schema_extra={"enum": ["", "auto", *LANGUAGES, *LANGUAGES.values()]},
+    )
+    prompt: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description=f"An instruction replacing 'Transcribe the audio into text.', at most {MAX_PROMPT_CHARS} "
+        "characters after trimming. Empty means the default instruction.",
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise invalid(type(self), exc.errors(include_url=False)[0], data) from None
+
+    @field_validator("segment_duration", "temperature", "repetition_penalty", mode="before")
+    @classmethod
+    def _form_number(cls, value: object) -> object:
+        return float(value.strip()) if isinstance(value, str) else value
+
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _form_integer(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        # Accept "512.0" but not "512.5": clients built from JSON numbers send the former.
+        number = float(text)
+        if not (math.isfinite(number) and number.is_integer()):
+            raise ValueError("not an integer")
+        return int(number)
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _form_language(cls, value: object) -> object:
+        return parse_language(value) if isinstance(value, str) else value
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _form_prompt(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (persisted with async jobs)."""
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TranscribeOptions:
+        """Inverse of to_dict; keys of other versions are ignored, missing ones take the defaults."""
+        return validate(cls, dict(data))
+
+
+# field -> (lowest, highest, integers only): read off the model, for the messages and the document.
+RANGES = numeric_ranges(TranscribeOptions)
+
+# The fields whose empty value means "the server's default" (an empty language or prompt means "none").
+_DEFAULTED_WHEN_BLANK = ("segment_duration", "max_new_tokens", "temperature", "repetition_penalty", "enable_s2t")
+
+
+def parse_options(
+    form: Mapping[str, str], defaults: TranscribeOptions, *, accepts_prompt: bool = True
+) -> TranscribeOptions:
+    """Build options from form fields, falling back to the server's defaults for absent or empty fields.
+
+    accepts_prompt is False for models that take no text instruction (the Captioner).
+    """
+    given = {name: form[name] for name in TranscribeOptions.model_fields if form.get(name) is not None}
+    given = {k: v for k, v in given.items() if k not in _DEFAULTED_WHEN_BLANK or v.strip() != ""}
+    options = validate(TranscribeOptions, {**defaults.to_dict(), **given})
+    if options.prompt and not accepts_prompt:
+        raise InvalidOption("prompt", "this model takes no text prompt (it captions the audio as it is)")
+    return options
+
+
+# Responses ---------------------------------------------------------------------------------------------
+
+
+def _unrequire_omitted(schema: dict[str, Any], cls: type[Any]) -> None:
+    """The document's required list, less the fields the class's body leaves out when they do not apply."""
+    omitted = getattr(cls, "OMITTED", ())
+    schema["required"] = [name for name in schema.get("required", []) if name not in omitted]
+
+
+class Shape(BaseModel):
+    """A response body: exactly these fields, so what the code sends and what the document says cannot part.
+
+    Every field is sent, defaults included, and the document says so; OMITTED names the fields a body
+    leaves out where they do not apply.
+    """
+
+    OMITTED: ClassVar[tuple[str, ...]] = ()
+    model_config = ConfigDict(
+        extra="forbid", json_schema_serialization_defaults_required=True, json_schema_extra=_unrequire_omitted
+    )
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return self.model_dump(mode="json")
+
+
+class ErrorDetail(Shape):
+    """What went wrong, as a code a client can branch on and a message a person can act on."""
+
+    code: str
+    message: str
+
+
+class Error(Shape):
+    """The native API's one error body."""
+
+    status: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+class Segment(Shape):
+    """One timed segment of a transcript."""
+
+    index: int = Field(ge=0)
+    start: float = Field(ge=0, description="Seconds from the start of the audio.")
+    end: float = Field(ge=0)
+    text: str
+    stop_reason: StopReason = Field(
+        description="eos: the model finished; max_tokens: a token limit cut it; repetition: the model looped and "
+        "the repeated tail was trimmed to one copy."
+    )
+
+    @classmethod
+    def of(cls, segment: TranscriptSegment) -> Segment:
+        """The segment as the JSON outputs show it, times rounded to milliseconds."""
+        return cls(
+            index=segment.index,
+            start=round(segment.start, 3),
+            end=round(segment.end, 3),
+            text=segment.text,
+            stop_reason=segment.stop_reason,
+        )
+
+
+class TranscriptResult(Shape):
+    """A transcript as JSON: what a finished job keeps, and the core of the synchronous answer."""
+
+    transcription: str
+    duration: float = Field(ge=0)
+    language: str | None = Field(description="The language asked for; null when none was.")
+    segments: list[Segment]
+
+    @classmethod
+    def of(cls, transcript: Transcript) -> TranscriptResult:
+        """The one place a transcript becomes JSON."""
+        return cls(
+            transcription=transcript.text,
+            duration=round(transcript.duration, 3),
+            language=transcript.language,
+            segments=[Segment.of(s) for s in transcript.segments],
+        )
+
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Transcription(TranscriptResult):
+    """POST /transcribe/json."""
+
+    status: Literal["success"] = "success"
+    output_file: str = Field(description="Its copy under the data dir's outputs/.")
+    timestamp: Timestamp
+    processing_time: float = Field(ge=0)
+
+
+class JobState(StrEnum):
+    """The states of an async job; the last three are final."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+JOB_STATES = tuple(state.value for state in JobState)
+
+
+class JobQueued(Shape):
+    """POST /transcribe/async."""
+
+    job_id: str
+    status: Literal["queued"] = "queued"
+    status_url: str = Field(description="Where to poll: /status/{job_id}.")
+
+
+class JobProgress(Shape):
+    """Segments transcribed so far, of those found so far."""
+
+    segments_done: int = Field(ge=0)
+    segments_total: int = Field(ge=0)
+
+
+class Job(Shape):
+    """GET /status/{job_id}: a completed job adds its transcript, a failed or cancelled one its error."""
+
+    # Only some states carry these: left out (not null) where they do not apply.
+    OMITTED = ("completed_at", "transcription", "output_file", "duration", "segments", "error")
+
+    job_id: str
+    # Inline rather than a component of its own: the states read where the field is.
+    status: Annotated[JobState, WithJsonSchema({"type": "string", "enum": [state.value for state in JobState]})]
+    progress: JobProgress
+    created_at: Timestamp
+    started_at: Timestamp | None
+    completed_at: Timestamp | SkipJsonSchema[None] = None
+    transcription: str | SkipJsonSchema[None] = None
+    output_file: str | None = None
+    duration: Annotated[float, Field(ge=0)] | SkipJsonSchema[None] = None
+    segments: list[Segment] | SkipJsonSchema[None] = None
+    error: str | None = Field(None, description="Why the job failed or was cancelled.")
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, with only the fields its state carries (those it was built with)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class JobDeleted(Shape):
+    """DELETE /status/{job_id} of a finished job."""
+
+    job_id: str
+    status: Literal["deleted"] = "deleted"
+
+
+class Download(Shape):
+    """The checkpoint download in progress."""
+
+    checkpoint: str
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    percent: float | None
+
+
+class ModelHealth(Shape):
+    """The model's lifecycle and the engine's figures."""
+
+    state: Literal["unloaded", "loading", "loaded", "error"]
+    error: str | None = Field(description="Why the last load failed.")
+    device: str = Field(description="Before the first load, the configured choice (auto); after it, the device.")
+    idle_timeout: float = Field(ge=0)
+    seconds_until_unload: float | None
+    loads: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    token_budget: int = Field(ge=1)
+    oom_batch_splits: int = Field(ge=0)
+    pending_segments: int = Field(ge=0)
+    retry_load_in: float | None = Field(
+        description="Seconds until a failed load is tried again; null when none failed."
+    )
+    download: Download | None = Field(description="The checkpoint download in progress, if any.")
+    checkpoint: str
+    variant: str
+    task: Literal["transcribe", "caption"]
+
+
+class StorageHealth(Shape):
+    """The data directory's disk."""
+
+    free_bytes: int | None = Field(description="Free space of the data dir.")
+    reserve_bytes: int = Field(ge=0)
+    low: bool = Field(description="Free space is below the reserve.")
+    error: str | None = Field(description="The last failure to write the job database.")
+
+
+class JobCounts(Shape):
+    """Jobs waiting and running."""
+
+    queued: int = Field(ge=0)
+    running: int = Field(ge=0)
+
+
+class Health(Shape):
+    """GET /health: always 200 while the service is up."""
+
+    status: Literal["ok", "degraded"] = Field(
+        description="degraded: up, but the model cannot be loaded or the disk is full or unwritable; problems says "
+        "why. Always answered with 200."
+    )
+    problems: list[str]
+    model_loaded: bool
+    gpu_available: bool
+    gpu_memory_allocated_gb: float = Field(ge=0)
+    gpu_memory_reserved_gb: float = Field(ge=0)
+    timestamp: Timestamp
+    model: ModelHealth
+    storage: StorageHealth
+    jobs: JobCounts | None = Field(description="Null when the job database cannot be read.")

@@ -1,0 +1,294 @@
+"""The OpenAI-compatible API's shapes under /v1: transcriptions, models, chat completions and their errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt
+
+from app.protocol.native import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, Shape
+from app.protocol.validation import FormFlag
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# Formats whose whole body can be streamed as text deltas; subtitles and verbose_json need the timings.
+STREAM_FORMATS = ("json", "text")
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+# OpenAI's roles; developer is the newer name for system.
+Role = Literal["system", "developer", "user", "assistant"]
+
+
+class OpenAIErrorDetail(Shape):
+    """OpenAI's error object."""
+
+    message: str
+    type: Literal["invalid_request_error", "authentication_error", "rate_limit_error", "server_error"]
+    param: str | None = Field(description="The request field at fault, when there is one.")
+    code: str
+
+
+class OpenAIError(Shape):
+    """OpenAI's error envelope, which its SDKs turn into typed exceptions."""
+
+    error: OpenAIErrorDetail
+
+
+# Transcriptions ----------------------------------------------------------------------------------------
+
+
+class TranscriptionRequest(BaseModel):
+    """The fields of POST /v1/audio/transcriptions beyond the native options (which it takes too)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        None,
+        description="This server's model id, its variant name, or whisper-1 / gpt-4o-transcribe / "
+        "gpt-4o-mini-transcribe; absent means the served model.",
+    )
+    response_format: ResponseFormat = Field("json", description="The answer's format.")
+    timestamp_granularities: list[Literal["segment"]] = Field(
+        default_factory=list,
+        alias="timestamp_granularities[]",
+        description="segment only: the model gives no word timings.",
+    )
+    stream: FormFlag = Field(False, description="Server-sent events, one delta per finished segment (json and text).")
+
+
+class DurationUsage(Shape):
+    """Billing-style usage of a transcription: seconds of audio, rounded up."""
+
+    type: Literal["duration"] = "duration"
+    seconds: int = Field(ge=0)
+
+
+class TranscriptionJson(Shape):
+    """response_format=json."""
+
+    text: str
+    usage: DurationUsage
+
+
+class VerboseSegment(Shape):
+    """Whisper's segment fields, with null where this model has no such figure."""
+
+    id: int = Field(ge=0)
+    seek: int = Field(ge=0, description="The segment's offset in 10 ms frames, as Whisper counts it.")
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text: str
+    tokens: None = Field(description="Not reported by this model.")
+    temperature: float
+    avg_logprob: None = Field(description="Not reported by this model.")
+    compression_ratio: float | None = Field(description="Text bytes over zlib-compressed bytes; null when empty.")
+    no_speech_prob: None = Field(description="Not reported by this model.")
+    stop_reason: Literal["eos", "max_tokens", "repetition"]
+
+
+class VerboseTranscription(Shape):
+    """response_format=verbose_json."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str | None = Field(description="The language asked for, as an English name; null when none was.")
+    duration: float = Field(ge=0)
+    text: str
+    segments: list[VerboseSegment]
+    usage: DurationUsage
+
+
+class TranscriptDelta(Shape):
+    """A streamed transcription's event for one finished segment."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptDone(Shape):
+    """A streamed transcription's last event."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+    usage: DurationUsage
+
+
+# Models ------------------------------------------------------------------------------------------------
+
+
+class ModelCard(Shape):
+    """The one model this server serves."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    variant: str
+    family: str
+    task: Literal["transcribe", "caption"]
+
+
+class ModelList(Shape):
+    """GET /v1/models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# Chat --------------------------------------------------------------------------------------------------
+
+
+class Part(BaseModel):
+    """A content part; extra fields are ignored, as OpenAI clients may send more than a server reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(Part):
+    """Text in a message."""
+
+    type: Literal["text"]
+    text: str
+
+
+class InputAudio(Part):
+    """Audio in any format ffmpeg reads, base64-encoded (format is accepted and not needed)."""
+
+    data: str = Field(min_length=1, description="Base64-encoded audio.")
+    format: str | None = None
+
+
+class InputAudioPart(Part):
+    """Audio in a message."""
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | InputAudioPart, Discriminator("type")]
+
+
+def _as_parts(value: object) -> object:
+    """A plain string content is one text part."""
+    return [{"type": "text", "text": value}] if isinstance(value, str) else value
+
+
+class ChatMessage(Part):
+    """One message of a conversation."""
+
+    role: Role
+    content: Annotated[
+        list[ContentPart],
+        BeforeValidator(_as_parts, json_schema_input_type=str | list[ContentPart]),
+        Field(min_length=1, description="A string, or a non-empty list of text and input_audio parts."),
+    ]
+
+
+class StreamOptions(Part):
+    """Options of a streamed answer."""
+
+    include_usage: StrictBool = Field(False, description="End the stream with a chunk carrying usage.")
+
+
+def _false_when_empty(value: object) -> object:
+    # Clients send null, 0 or "" for "not streaming"; only a real true streams.
+    return value or False
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions; fields OpenAI defines and this server does not use are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, description="This server's model id, its variant name or an OpenAI alias.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="Most tokens answered.")
+    max_completion_tokens: StrictInt | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="The newer name of max_tokens; it wins when both are sent."
+    )
+    temperature: float | None = Field(None, strict=True, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    stream: Annotated[StrictBool, BeforeValidator(_false_when_empty)] = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] | None = Field(None, description="Only one choice per request is supported.")
+    modalities: list[Literal["text"]] | None = Field(None, description="This server answers in text only.")
+
+    def token_limit(self) -> tuple[str, int | None]:
+        """The field that sets the answer's length and its value (None: the server's default)."""
+        if "max_completion_tokens" in self.model_fields_set:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
+
+
+class AssistantMessage(Shape):
+    """The answer."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class Choice(Shape):
+    """The one choice of an answer."""
+
+    index: Literal[0] = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatUsage(Shape):
+    """Tokens of the prompt (template, text and audio) and of the answer."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class ChatCompletion(Shape):
+    """A whole answer (stream false)."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: ChatUsage
+
+
+class ChunkDelta(Shape):
+    """What a chunk adds: the role first, then pieces of content."""
+
+    OMITTED = ("role", "content")
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Shape):
+    """A chunk's choice."""
+
+    index: Literal[0] = 0
+    delta: ChunkDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Shape):
+    """One event of a streamed answer (stream true); the last, with include_usage, has no choices and the usage."""
+
+    OMITTED = ("usage",)
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: ChatUsage | None = None
+
+
+def chunk_body(chunk: ChatCompletionChunk) -> dict[str, Any]:
+    """A chunk as OpenAI sends it: every choice field present, usage only on the last."""
+    body = chunk.model_dump(mode="json", exclude_none=True)
+    for choice, model in zip(body["choices"], chunk.choices, strict=True):
+        choice["finish_reason"] = model.finish_reason
+        choice["logprobs"] = None
+    return body
