@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -102,8 +103,12 @@ def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
     return transcript, text, output_file
 
 
-def _attachment(body: str, filename: str, kind: str, output_file: str) -> Response:
-    response = send_file(io.BytesIO(body.encode("utf-8")), as_attachment=True, download_name=filename)
+def _attachment(kind: str, render: Callable[[Transcript], str], extension: str) -> Response:
+    """Transcribe the upload and answer it rendered, as an attachment named after the upload."""
+    file = uploaded_file()
+    transcript, _, output_file = _run_sync(file)
+    body = io.BytesIO(render(transcript).encode("utf-8"))
+    response = send_file(body, as_attachment=True, download_name=f"{_stem(file)}.{extension}")
     response.headers["Content-Type"] = CONTENT_TYPES[kind]
     response.headers["X-Output-File"] = output_file
     return response
@@ -112,9 +117,7 @@ def _attachment(body: str, filename: str, kind: str, output_file: str) -> Respon
 @bp.post("/transcribe")
 def transcribe_text() -> Response:
     """The transcript as a text/plain attachment named after the upload."""
-    file = uploaded_file()
-    transcript, _, output_file = _run_sync(file)
-    return _attachment(render_text(transcript), f"{_stem(file)}.txt", "text", output_file)
+    return _attachment("text", render_text, "txt")
 
 
 @bp.post("/transcribe/json")
@@ -133,17 +136,13 @@ def transcribe_json() -> Response:
 @bp.post("/transcribe/srt")
 def transcribe_srt() -> Response:
     """The transcript as a SubRip attachment, in subtitle-sized cues within each segment's span."""
-    file = uploaded_file()
-    transcript, _, output_file = _run_sync(file)
-    return _attachment(render_srt(transcript), f"{_stem(file)}.srt", "srt", output_file)
+    return _attachment("srt", render_srt, "srt")
 
 
 @bp.post("/transcribe/vtt")
 def transcribe_vtt() -> Response:
     """The transcript as a WebVTT attachment, with the same cues as the SRT."""
-    file = uploaded_file()
-    transcript, _, output_file = _run_sync(file)
-    return _attachment(render_vtt(transcript), f"{_stem(file)}.vtt", "vtt", output_file)
+    return _attachment("vtt", render_vtt, "vtt")
 
 
 @bp.post("/transcribe/async")
