@@ -146,7 +146,12 @@ def test_a_read_only_job_database_for_a_while_stops_nothing_for_good(tiny_checkp
         # Long enough (120 one-second segments each) to be running or waiting when the directory goes read-only.
         audio = make_audio(small_disk.parent, 120, "two-minutes.mp3")
         jobs = [post(server, "/transcribe/async", audio, segment_duration="1").json()["job_id"] for _ in range(4)]
-        wait_for(lambda: health(server)["jobs"] == {"queued": 2, "running": 2}, what="two jobs running, two waiting")
+        # The model loaded too: a load (seconds on a busy CPU) could otherwise outlast the whole read-only window,
+        # and the runners would meet no fault at all.
+        wait_for(
+            lambda: (h := health(server))["jobs"] == {"queued": 2, "running": 2} and h["model_loaded"],
+            what="two jobs running on the loaded model, two waiting",
+        )
         with read_only(small_disk / "data"):
             time.sleep(4)
             refused = post(server, "/transcribe/async", JFK)
