@@ -58,12 +58,23 @@ _STDERR_CHUNK = 8192
 
 @dataclass(frozen=True)
 class Segment:
-    """A slice of the decoded audio with its position in the file."""
+    """A slice of the decoded audio with its position in the file.
+
+    With VAD, samples are the segment's speech spans joined end to end, and spans says where each one lies
+    in the file; without, spans is empty and samples are the whole of start_sample to end_sample.
+    """
 
     index: int
     start_sample: int
     end_sample: int
     samples: np.ndarray
+    spans: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def speech(self) -> tuple[tuple[float, float], ...]:
+        """Where the samples lie in the file, in seconds: the spans, or the whole segment."""
+        spans = self.spans or ((self.start_sample, self.end_sample),)
+        return tuple((a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans)
 
     @property
     def start(self) -> float:
@@ -74,6 +85,48 @@ class Segment:
     def end(self) -> float:
         """End in seconds."""
         return self.end_sample / SAMPLE_RATE
+
+
+@dataclass
+class DecodeStats:
+    """What a streaming decode found out by the end: the length of the audio."""
+
+    samples: int = 0
+
+    @property
+    def seconds(self) -> float:
+        """The length in seconds."""
+        return self.samples / SAMPLE_RATE
+
+
+def pcm_chunks(
+    path: str | Path, max_seconds: float | None = None, stats: DecodeStats | None = None
+) -> Generator[np.ndarray, None, None]:
+    """The file's 16 kHz mono float32 samples, a second or so at a time, as ffmpeg decodes them.
+
+    Raises like decode(), and UnsupportedAudio if there are no samples at all; stats gets the total.
+    """
+    chunk = np.empty(_READ_SAMPLES + 1, dtype=np.float32)
+    raw = chunk.view(np.uint8)
+    held = 0  # bytes of a partial sample carried over from the last read
+    total = 0
+    with _PcmReader(path, max_seconds) as reader:
+        while not reader.eof:
+            held += reader.read(raw.data[held : held + _READ_BYTES])
+            whole = held // 4
+            if whole:
+                samples = chunk[:whole].copy()
+                sanitize(samples)
+                total += whole
+                yield samples
+                rest = held - whole * 4
+                raw[:rest] = raw[whole * 4 : held]
+                held = rest
+        reader.finish()
+    if total == 0:
+        raise UnsupportedAudio("the file contains no audio samples")
+    if stats is not None:
+        stats.samples = total
 
 
 def decode(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
@@ -89,7 +142,7 @@ def decode(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
             block = np.empty(_DECODE_BLOCK_SAMPLES, dtype=np.float32)
             got = reader.fill(block.view(np.uint8).data) // 4
             if got:
-                _sanitize(block[:got])
+                sanitize(block[:got])
                 blocks.append(block[:got])
                 total += got
         reader.finish()
@@ -109,7 +162,7 @@ def decode(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
 
 
 def stream_segments(
-    path: str | Path, segment_duration: float, max_seconds: float | None = None
+    path: str | Path, segment_duration: float, max_seconds: float | None = None, stats: DecodeStats | None = None
 ) -> Generator[Segment, None, None]:
     """Decode and cut in one pass: the segments split(decode(path), segment_duration) gives, as they decode.
 
@@ -117,7 +170,7 @@ def stream_segments(
     into a buffer of one segment plus one read; a segment is yielded as soon as its cut is known (the
     sample after the nominal cut has arrived, so the 2 s searched before it is complete). Cuts are exactly
     split()'s. Each segment's samples are its own copy, so memory stays at about two segments whatever
-    the length of the file; the last segment's end is the duration of the audio.
+    the length of the file; the last segment's end is the duration of the audio (stats gets it too).
 
     Raises UnsupportedAudio like decode(), and AudioTooLong once more than max_seconds have decoded. A
     failure ffmpeg reports only when it exits (a file corrupt midway) is raised after the segments before
@@ -144,13 +197,15 @@ def stream_segments(
                 reader.finish()  # raises before the last segment if ffmpeg failed
                 filled_bytes -= filled_bytes % 4  # a trailing partial sample from a corrupt packet
             filled = filled_bytes // 4
-            _sanitize(buf[clean:filled])
+            sanitize(buf[clean:filled])
             clean = filled
             if filled == 0:
                 if index == 0:
                     raise UnsupportedAudio("the file contains no audio samples")
+                if stats is not None:
+                    stats.samples = start
                 return
-            cut = filled if filled <= size else _quietest_cut(buf, size - window, size)
+            cut = filled if filled <= size else quietest_cut(buf, size - window, size)
             yield Segment(index, start, start + cut, buf[:cut].copy())
             index += 1
             start += cut
@@ -244,7 +299,7 @@ def _as_float(value: object) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _sanitize(samples: np.ndarray) -> None:
+def sanitize(samples: np.ndarray) -> None:
     """Replace NaN and infinities (from corrupt packets) in place, as the model cannot take them."""
     if samples.size and not np.isfinite(samples).all():
         np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
@@ -396,13 +451,13 @@ def split(samples: np.ndarray, segment_duration: float) -> list[Segment]:
     start = 0
     while start < total:
         nominal = start + size
-        end = total if nominal >= total else _quietest_cut(samples, nominal - window, nominal)
+        end = total if nominal >= total else quietest_cut(samples, nominal - window, nominal)
         segments.append(Segment(len(segments), start, end, samples[start:end]))
         start = end
     return segments
 
 
-def _quietest_cut(samples: np.ndarray, lo: int, hi: int) -> int:
+def quietest_cut(samples: np.ndarray, lo: int, hi: int) -> int:
     """The sample index at the centre of the quietest 10 ms frame in samples[lo:hi]."""
     frames = (hi - lo) // FRAME
     if frames < 1:

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from app import audio
+from app import audio, vad
 from app.backends import GenerationParams, GenerationRequest, GenerationResult
 from app.engine import Engine
 from app.protocol.native import TranscribeOptions
@@ -27,8 +27,11 @@ MAX_IN_FLIGHT = 64
 class Pipeline:
     """Turns an audio file into a Transcript through the shared inference engine."""
 
-    def __init__(self, engine: Engine, max_audio_seconds: float | None = None) -> None:
+    def __init__(
+        self, engine: Engine, speech: vad.SpeechModel | None = None, max_audio_seconds: float | None = None
+    ) -> None:
         self.engine = engine
+        self.speech = speech or vad.SpeechModel(vad.VadSettings())
         # No file decodes (or queues) past this many seconds of audio, whatever its header says.
         self.max_audio_seconds = max_audio_seconds
 
@@ -47,10 +50,11 @@ class Pipeline:
     ) -> Transcript:
         """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
         started = time.monotonic()
-        segments = list(self.segments(path, options, on_progress, check, probed=probed))
+        stats = audio.DecodeStats()
+        segments = list(self.segments(path, options, on_progress, check, probed=probed, stats=stats))
         return Transcript(
             segments=segments,
-            duration=segments[-1].end,
+            duration=stats.seconds,
             language=options.language,
             processing_seconds=time.monotonic() - started,
         )
@@ -63,6 +67,7 @@ class Pipeline:
         check: Check | None = None,
         *,
         probed: bool = False,
+        stats: audio.DecodeStats | None = None,
     ) -> Generator[TranscriptSegment, None, None]:
         """Transcribed segments of the file at path, yielded in order as soon as each and those before it finish.
 
@@ -70,10 +75,12 @@ class Pipeline:
         most MAX_IN_FLIGHT of them wait at a time, which bounds the audio held in memory for a long file.
         Closing the iterator early (a client went away), or check() raising, stops ffmpeg and cancels the
         segments still waiting. probed says the caller has already refused what probe() refuses (the file
-        is probed once per request); decoding enforces the duration cap either way.
+        is probed once per request); decoding enforces the duration cap either way. With options.vad only
+        speech reaches the model (audio without any yields no segment); stats gets the audio's length.
         """
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
-        spans: list[tuple[int, float, float]] = []
+        # Each segment's index, start, end and speech spans (empty without VAD), kept without its audio.
+        spans: list[tuple[int, float, float, tuple[tuple[float, float], ...]]] = []
         futures: list[Future[GenerationResult]] = []
         pending: set[Future[GenerationResult]] = set()
         done_count = 0
@@ -97,20 +104,24 @@ class Pipeline:
             """The finished segments not yet yielded that have no unfinished segment before them."""
             nonlocal emitted
             while emitted < len(futures) and futures[emitted].done():
-                index, start, end = spans[emitted]
+                index, start, end, speech = spans[emitted]
                 result = futures[emitted].result()
                 text = to_traditional([result.text])[0] if options.enable_s2t else result.text
                 emitted += 1
-                yield TranscriptSegment(index, start, end, text, result.stop_reason)
+                yield TranscriptSegment(index, start, end, text, result.stop_reason, speech)
 
         # Refuse what is not plausible audio before any of it reaches the engine.
         if not probed:
             self.probe(path)
+        if options.vad:
+            produced = vad.speech_segments(path, options.segment_duration, self.speech, self.max_audio_seconds, stats)
+        else:
+            produced = audio.stream_segments(path, options.segment_duration, self.max_audio_seconds, stats)
         try:
-            for segment in audio.stream_segments(path, options.segment_duration, self.max_audio_seconds):
+            for segment in produced:
                 if check:
                     check()
-                spans.append((segment.index, segment.start, segment.end))
+                spans.append((segment.index, segment.start, segment.end, segment.speech if segment.spans else ()))
                 request = GenerationRequest(segment.samples, params, options.language, options.prompt)
                 future = self.engine.submit([request])[0]
                 futures.append(future)
@@ -123,6 +134,7 @@ class Pipeline:
                 settle(block=True)
                 yield from ready()
         finally:
+            produced.close()  # stops ffmpeg at once when the work was abandoned
             for future in futures:
                 future.cancel()  # no-op for finished ones; frees the worker from the rest after a failure
 

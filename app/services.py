@@ -15,6 +15,7 @@ from app.jobs import JobRunner, JobStore
 from app.pipeline import Pipeline
 from app.settings import Settings
 from app.storage import DiskGuard
+from app.vad import SpeechModel
 
 BackendLoader = Callable[[], Backend]
 
@@ -86,7 +87,7 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         token_budget=settings.token_budget,
         release=release_memory,
     )
-    pipeline = Pipeline(engine, settings.max_audio_duration)
+    pipeline = Pipeline(engine, SpeechModel(settings.vad_settings), settings.max_audio_duration)
     store = JobStore(data / "jobs.sqlite3")
     disk = DiskGuard(data, settings.min_free_space)
     runner = JobRunner(

@@ -12,6 +12,7 @@ from typing import Any
 
 from app.protocol.native import TranscribeOptions
 from app.protocol.validation import parse_flag
+from app.vad import VadSettings
 from app.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -55,6 +56,17 @@ class Settings:
     # Defaults of the per-request options (each request may override them); segment 0 means the variant's.
     segment_duration: float = _setting(
         0.0, "ASR_SEGMENT_DURATION", "default segment seconds (1-300)", shown="the variant's: 60, 30 for the Captioner"
+    )
+    vad: bool = _setting(
+        True,
+        "ASR_VAD",
+        "cut at speech pauses found by Silero VAD; only speech reaches the model",
+        shown="the variant's: on, off for the Captioner",
+    )
+    vad_threshold: float = _setting(0.5, "ASR_VAD_THRESHOLD", "speech probability at which speech starts (0-1)")
+    vad_min_silence: float = _setting(0.5, "ASR_VAD_MIN_SILENCE", "seconds of pause that end a stretch of speech")
+    vad_padding: float = _setting(
+        0.03, "ASR_VAD_PADDING", "seconds kept around each stretch of speech (at most half the pause)"
     )
     max_new_tokens: int = _setting(8192, "ASR_MAX_NEW_TOKENS", "default max new tokens per segment")
     temperature: float = _setting(0.1, "ASR_TEMPERATURE", "default sampling temperature (0 = greedy)")
@@ -145,6 +157,12 @@ class Settings:
                 raise ValueError(f"rate_limit: not a limit such as 60/minute: {self.rate_limit!r}") from None
         if not (math.isfinite(self.idle_timeout) and self.idle_timeout >= 0):
             raise ValueError(f"idle_timeout must be a finite number >= 0, got {self.idle_timeout}")
+        if not (math.isfinite(self.vad_threshold) and 0 < self.vad_threshold < 1):
+            raise ValueError(f"vad_threshold must be a probability between 0 and 1, got {self.vad_threshold!r}")
+        for name in ("vad_min_silence", "vad_padding"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 10):
+                raise ValueError(f"{name} must be 0 to 10 seconds, got {value!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1-65535, got {self.port}")
 
@@ -175,7 +193,13 @@ class Settings:
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             repetition_penalty=self.repetition_penalty,
+            vad=self.vad,
         )
+
+    @property
+    def vad_settings(self) -> VadSettings:
+        """How the VAD tells speech from the rest."""
+        return VadSettings(self.vad_threshold, self.vad_min_silence, self.vad_padding)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -187,7 +211,10 @@ class Settings:
             if raw is not None and raw.strip() != "":
                 values[f.name] = parse_value(f.name, field_type(f.name), raw)
         # One construction, so variant defaults fill only what neither the environment nor overrides set.
-        return cls(**{**values, **overrides})
+        chosen = {**values, **overrides}
+        if chosen.get("vad") is None:
+            chosen["vad"] = get_variant(chosen.get("variant") or DEFAULT_VARIANT).vad
+        return cls(**chosen)
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (handed to the gunicorn worker)."""

@@ -1,4 +1,4 @@
-"""Subtitle cues from a Transcript: segment texts re-wrapped into readable cues, each timed inside its segment.
+"""Subtitle cues from a Transcript: segment texts re-wrapped into readable cues, timed by their words.
 
 The rules every SRT and VTT the service renders follows:
 
@@ -6,24 +6,29 @@ The rules every SRT and VTT the service renders follows:
   cue's characters are Chinese or Japanese, decided per cue) and lasts at most MAX_CUE_MS;
 - text is split at sentence punctuation first, then clause punctuation, then spaces, and only as a last resort
   inside a word (between CJK characters is an ordinary break, as CJK text has no spaces);
-- a segment's span is shared out among its cues in proportion to their characters (whitespace left out); a cue
-  whose share is over MAX_CUE_MS is split further when it holds more than one word or CJK character, and a
-  single word is shown for MAX_CUE_MS from the start of its share;
+- every word has a time (the aligner's, or the segment's speech shared out by characters, see app/words.py):
+  a cue starts at its first word and ends at its last, held to MIN_CUE_MS when the next cue starts later;
+  a pause of more than MAX_PAUSE_MS between two words always ends a cue, so no cue stays on screen through
+  it; a cue whose words take over MAX_CUE_MS is split further when it holds more than one word or CJK
+  character, and a single word is shown for MAX_CUE_MS from its start;
 - times are whole milliseconds (the resolution of both formats): cues never overlap, never leave their
   segment and last at least 1 ms.
 
-The split is chosen by dynamic programming over the break points of a segment's text, so a cue boundary at a
-full stop beats one at a comma, which beats one at a space, while cues and their lines stay balanced.
+The split is chosen by dynamic programming over the break points of each stretch of speech between long
+pauses, so a cue boundary at a full stop beats one at a comma, which beats one at a space, while cues and
+their lines stay balanced, cues shorter than MIN_CUE_MS are avoided and reading speed stays under
+MAX_CHARS_PER_SECOND where the speech allows.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from itertools import pairwise
 
+from app import words
 from app.text import cue_text, is_cjk, join_text
 from app.transcript import Transcript, TranscriptSegment
 
@@ -31,6 +36,10 @@ MAX_LINES = 2
 MAX_LINE_CHARS = 42
 MAX_LINE_CHARS_CJK = 16
 MAX_CUE_MS = 7_000
+MIN_CUE_MS = 800
+# A pause between words longer than this ends the cue before it (no subtitle lingers over silence).
+MAX_PAUSE_MS = 1_500
+MAX_CHARS_PER_SECOND = 20
 
 # "-->" separates the times of a cue in both SRT and VTT, so it must never appear in cue text.
 ARROW = "-->"
@@ -58,9 +67,13 @@ _LINE_IMBALANCE_COST = 4.0
 _TOP_HEAVY_COST = 0.1
 # Cost of a cue far from full (squared): spreads long text evenly over its cues instead of leaving a stub.
 _EMPTY_CUE_COST = 8.0
-# Multi-word cues are kept to MAX_CUE_MS - 1 of proportional share: each cue also gets 1 ms up front (see
-# _timed), and that millisecond plus the rounding must not take it past MAX_CUE_MS.
+# Multi-word cues are kept to MAX_CUE_MS - 1 of their words' time: a cue pushed back by 1 ms (see _place) must
+# not pass MAX_CUE_MS.
 _SHARE_BUDGET_MS = MAX_CUE_MS - 1
+# Cost of a cue shorter than MIN_CUE_MS (squared shortfall): merge a flicker into its neighbour when it fits.
+_SHORT_CUE_COST = 6.0
+# Cost of reading faster than MAX_CHARS_PER_SECOND, per character of the cue's share of the text.
+_FAST_CUE_COST = 4.0
 # A layout on a single line: no cost, no line breaks.
 _ONE_LINE: tuple[float, tuple[int, ...]] = (0.0, ())
 
@@ -119,7 +132,53 @@ def segment_cues(segment: TranscriptSegment, not_before_ms: int = 0) -> list[Cue
     if not text or end_ms <= start_ms:
         # A segment of zero length (or one wholly inside the previous cue) has no time to show anything.
         return []
-    return _timed(_split(_atoms(text), end_ms - start_ms), start_ms, end_ms)
+    if start_ms > to_ms(segment.start) and not segment.words:
+        # Only what the previous cue left of the segment is shared out (the estimate would put words under it).
+        left = start_ms / 1000
+        speech = tuple((max(a, left), b) for a, b in segment.speech if b > left)
+        segment = replace(segment, start=left, speech=speech)
+    atoms = _atoms(text)
+    times = _atom_times(segment, text, atoms, start_ms, end_ms)
+    groups: list[tuple[tuple[str, ...], int, int]] = []
+    first = 0
+    for k in range(1, len(atoms) + 1):
+        if k == len(atoms) or times[k][0] - times[k - 1][1] > MAX_PAUSE_MS:
+            groups.extend((lines, first + a, first + b) for lines, a, b in _split(atoms[first:k], times[first:k]))
+            first = k
+    return _place(groups, times, start_ms, end_ms)
+
+
+def _atom_times(
+    segment: TranscriptSegment, text: str, atoms: list[_Atom], start_ms: int, end_ms: int
+) -> list[tuple[int, int]]:
+    """When each atom of text is spoken, in whole ms inside [start_ms, end_ms], in order and never overlapping.
+
+    Each word's time is shared among its written characters; an atom is spoken from its first character's start to
+    its last one's end.
+    """
+    timed = words.timed(segment, text) or [
+        (words.TextWord(0, len(text), ""), segment.at(0.0), segment.at(1.0, ending=True))
+    ]  # nothing the aligner would call a word ("♪"): the whole text over the whole speech
+    begins = [math.nan] * len(text)
+    ends = [math.nan] * len(text)
+    for word, begin, end in timed:
+        written = [i for i in range(word.start, word.end) if not text[i].isspace()]
+        for n, i in enumerate(written):
+            begins[i] = begin + (end - begin) * n / len(written)
+            ends[i] = begin + (end - begin) * (n + 1) / len(written)
+    out: list[tuple[int, int]] = []
+    at = 0
+    floor = start_ms
+    for atom in atoms:
+        at += atom.space_before
+        spoken = [t for t in begins[at : at + len(atom.text)] if math.isfinite(t)]
+        done = [t for t in ends[at : at + len(atom.text)] if math.isfinite(t)]
+        begin = min(max(to_ms(spoken[0]) if spoken else floor, floor), end_ms)
+        finish = min(max(to_ms(done[-1]) if done else begin, begin), end_ms)
+        out.append((begin, finish))
+        floor = finish
+        at += len(atom.text)
+    return out
 
 
 def to_ms(seconds: float) -> int:
@@ -196,8 +255,8 @@ def _fragments(piece: str) -> list[str]:
     return fragments
 
 
-def _split(atoms: list[_Atom], duration_ms: int) -> list[tuple[tuple[str, ...], int]]:
-    """The best split of atoms into cues: each cue's lines and its number of non-space characters."""
+def _split(atoms: list[_Atom], times: list[tuple[int, int]]) -> list[tuple[tuple[str, ...], int, int]]:
+    """The best split of atoms (spoken at times) into cues: each cue's lines and its first and end atom."""
     n = len(atoms)
     # Prefix sums: characters, CJK characters, spaces between atoms, breaks between words (any level but
     # _INSIDE_WORD).
@@ -257,9 +316,10 @@ def _split(atoms: list[_Atom], duration_ms: int) -> list[tuple[tuple[str, ...], 
             cue_chars = chars[b] - chars[a]
             # The line width is the cue's own: CJK when most of its characters are.
             limit = MAX_LINE_CHARS_CJK if 2 * (cjk[b] - cjk[a]) > cue_chars else MAX_LINE_CHARS
-            time_fill = duration_ms * cue_chars / (_SHARE_BUDGET_MS * total)
+            spoken_ms = times[b - 1][1] - times[a][0]
+            time_fill = spoken_ms / _SHARE_BUDGET_MS
             if words[b] - words[a + 1] > 0 and time_fill > 1:
-                break  # more than one word and too long a share: must be split; a single word is clipped
+                break  # more than one word and too long a time: must be split; a single word is clipped
             if cue_width > MAX_LINES * limit + MAX_LINES - 1:
                 continue
             lay = _ONE_LINE if cue_width <= limit else layout(a, b, MAX_LINES, limit)
@@ -268,16 +328,22 @@ def _split(atoms: list[_Atom], duration_ms: int) -> list[tuple[tuple[str, ...], 
             fill = min(1.0, max(cue_width / (MAX_LINES * limit), time_fill))
             cue_break = _CUE_BREAK_COST[atoms[a].level] if a else 0.0
             cost = best[a] + cue_break + lay[0] + _EMPTY_CUE_COST * (1 - fill) ** 2
+            shown_ms = max(spoken_ms, MIN_CUE_MS)
+            if spoken_ms < MIN_CUE_MS:
+                cost += _SHORT_CUE_COST * (1 - spoken_ms / MIN_CUE_MS) ** 2
+            speed = 1000 * cue_chars / (shown_ms * MAX_CHARS_PER_SECOND)
+            if speed > 1:
+                cost += _FAST_CUE_COST * (speed - 1) * cue_chars / total
             if cost < best[b]:
                 best[b], start[b], breaks[b] = cost, a, lay[1]
     # A single atom always fits one line and is never split for time, so every best[b] is finite.
-    out: list[tuple[tuple[str, ...], int]] = []
+    out: list[tuple[tuple[str, ...], int, int]] = []
     b = n
     while b:
         a = start[b]
         bounds = (a, *breaks[b], b)
         lines = tuple(_line(atoms[i:j]) for i, j in pairwise(bounds))
-        out.append((lines, chars[b] - chars[a]))
+        out.append((lines, a, b))
         b = a
     return out[::-1]
 
@@ -287,26 +353,20 @@ def _line(atoms: list[_Atom]) -> str:
     return "".join((" " if atom.space_before and k else "") + atom.text for k, atom in enumerate(atoms))
 
 
-def _timed(groups: list[tuple[tuple[str, ...], int]], start_ms: int, end_ms: int) -> list[Cue]:
-    """Cues for a segment's text groups, the span [start_ms, end_ms) shared out by characters."""
-    count = len(groups)
-    total = sum(n for _, n in groups)
-    duration = end_ms - start_ms
-    # Every cue gets 1 ms up front and a share of the rest by characters, so none is empty; the bounds are
-    # whole milliseconds, floor-divided, so they rise monotonically and the last one is end_ms exactly.
-    # When the segment has fewer milliseconds than cues, cues have the plain proportional share and those
-    # that come out empty are left out: a cue cannot last under 1 ms, and its text cannot move to a
-    # neighbour without breaking the line limits, so dropping it is the only choice that keeps every rule.
-    base, spread = (1, duration - count) if duration >= count else (0, duration)
+def _place(groups: list[tuple[tuple[str, ...], int, int]], times: list[tuple[int, int]], start_ms: int,
+           end_ms: int) -> list[Cue]:  # fmt: skip
+    """The cues of a segment's groups of atoms: from the first atom's start to the last one's end.
+
+    A cue is held to MIN_CUE_MS when the next one starts later; it lasts at least 1 ms (pushing the next one
+    back by as much when words are packed closer than that) and at most MAX_CUE_MS, and a cue with no time
+    left inside the segment is left out: its text cannot move to a neighbour without breaking the line limits.
+    """
     out: list[Cue] = []
-    done = 0
-    begin = start_ms
-    for k, (lines, chars) in enumerate(groups):
-        done += chars
-        finish = start_ms + base * (k + 1) + spread * done // total
+    for k, (lines, a, b) in enumerate(groups):
+        begin = max(times[a][0], out[-1].end_ms if out else start_ms)
+        following = times[groups[k + 1][1]][0] if k + 1 < len(groups) else end_ms
+        finish = max(times[b - 1][1], min(begin + MIN_CUE_MS, following), begin + 1)
+        finish = min(finish, begin + MAX_CUE_MS, end_ms)
         if finish > begin:
-            # Only a single word can have a share over MAX_CUE_MS (_split splits the rest): shown for
-            # MAX_CUE_MS from the start of its share.
-            out.append(Cue(begin, min(finish, begin + MAX_CUE_MS), lines))
-        begin = finish
+            out.append(Cue(begin, finish, lines))
     return out

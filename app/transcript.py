@@ -13,6 +13,15 @@ StopReason = Literal["eos", "max_tokens", "repetition"]
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word as written (punctuation attached) and when it is spoken, in seconds of the file."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class TranscriptSegment:
     """One segment's text and its position in the audio, in seconds."""
 
@@ -21,6 +30,31 @@ class TranscriptSegment:
     end: float
     text: str
     stop_reason: StopReason = "eos"
+    # Where the speech the model heard lies in the file, in seconds, when VAD cut the segment (the pauses
+    # between these spans were shortened for the model); empty: the whole of start to end.
+    speech: tuple[tuple[float, float], ...] = ()
+    # The aligner's word times, when it ran on this segment; empty: none (an estimate stands in where needed).
+    words: tuple[Word, ...] = ()
+
+    @property
+    def spans(self) -> tuple[tuple[float, float], ...]:
+        """The speech spans, or the whole segment as one."""
+        return self.speech or ((self.start, self.end),)
+
+    def at(self, fraction: float, *, ending: bool = False) -> float:
+        """The file time a fraction of the way through the segment's speech, its pauses skipped.
+
+        A fraction that falls between two spans is the start of the later one, or with ending the end of
+        the earlier one: a start never lies in a pause, nor does an end.
+        """
+        spans = self.spans
+        left = min(max(fraction, 0.0), 1.0) * sum(end - start for start, end in spans)
+        for start, end in spans:
+            length = end - start
+            if left < length or (ending and left <= length):
+                return start + left
+            left -= length
+        return spans[-1][1]
 
 
 @dataclass(frozen=True)

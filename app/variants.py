@@ -34,6 +34,12 @@ class Variant:
     description: str = ""
 
     @property
+    def vad(self) -> bool:
+        """Whether requests cut at speech pauses by default: a caption describes music and sounds too, so the
+        Captioner hears everything."""
+        return self.task != "caption"
+
+    @property
     def thinker_class(self) -> str:
         """Name of the transformers class that loads this variant's thinker."""
         return THINKER_CLASSES[self.family]

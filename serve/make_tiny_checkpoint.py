@@ -6,6 +6,11 @@ the official `thinker.` prefix and layout (per-expert MoE weights for Qwen3-Omni
 (tokenizer with the family's special tokens and a chat template, Whisper feature extractor, image and video
 processors) sit beside them. The service loads it through exactly the code that loads the released
 checkpoints. Its transcripts are gibberish.
+
+--family qwen3-asr / qwen3-aligner write the transformers-native `qwen3_asr` layout of the "-hf" releases
+instead: a Qwen3ASRForConditionalGeneration (ASR) or Qwen3ASRForTokenClassification (forced aligner) with
+flat `model.`-prefixed weights, and a Qwen3ASRProcessor (tokenizer with <asr_text> / <timestamp>, the
+Qwen3-ASR feature extractor, each model's chat template).
 """
 
 from __future__ import annotations
@@ -110,9 +115,15 @@ def chat_template(family: Family) -> str:
     )
 
 
-def build_tokenizer(family: Family) -> Any:
-    """A byte-level BPE tokenizer with the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(
+    family: Family | AsrFamily, plain_tokens: tuple[str, ...] = (), corpus: tuple[str, ...] = ()
+) -> Any:
+    """A byte-level BPE tokenizer with the family's special tokens.
+
+    plain_tokens are added as single tokens that are not special: decoding with skip_special_tokens keeps them
+    (Qwen3-ASR's `<asr_text>` separates the language tag from the transcript in the decoded text).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -124,7 +135,8 @@ def build_tokenizer(family: Family) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.train_from_iterator((CORPUS + list(corpus)) * 4, trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain_tokens])
     return Qwen2TokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -343,11 +355,193 @@ def talker_config(family_name: str, ids: dict[str, int]) -> dict[str, Any]:
     return talker
 
 
+# --- Qwen3-ASR and Qwen3-ForcedAligner (transformers-native `qwen3_asr`, as the "-hf" checkpoints are laid out) ---
+
+
+@dataclass(frozen=True)
+class AsrFamily:
+    """A checkpoint of the `qwen3_asr` model type: Qwen3-ASR (generation) or Qwen3-ForcedAligner (token classes)."""
+
+    named_tokens: dict[str, str]
+    model_class: str
+    chat_template: str
+    # Timestamp classes of the aligner's head (None for the ASR model, whose head is the LM head).
+    num_labels: int | None = None
+
+
+# What Qwen3ASRProcessor reads off the tokenizer (tokenizer.audio_token, .audio_bos_token, .audio_eos_token).
+ASR_NAMED_TOKENS = {
+    "audio_token": "<|audio_pad|>",
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+}
+# Added but not special, as in the released tokenizer (ids 151704, 151705 there): `processor.decode(...,
+# return_format="parsed")` decodes with skip_special_tokens=True and still has to find "<asr_text>".
+ASR_PLAIN_TOKENS = ("<asr_text>", "<timestamp>")
+ASR_CORPUS = (
+    "language English<asr_text>language Chinese<asr_text>language None<asr_text>",
+    "Mr Quilter is the apostle of the middle classes and we are glad to welcome his gospel",
+)
+
+# The ASR template of the released -hf checkpoints, reworded: one system turn holding the concatenated system
+# text (context / hotwords; empty if none), one user turn holding an audio placeholder per audio part (user text
+# parts are dropped), then each assistant turn verbatim. The processor's apply_transcription_request appends an
+# assistant turn "language <NAME><asr_text>" (or "") and renders with continue_final_message=True.
+ASR_CHAT_TEMPLATE = """\
+{%- set ns = namespace(system='', audio='') -%}
+{%- for message in messages -%}
+{%- if message['content'] is string -%}
+{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] -%}{%- endif -%}
+{%- else -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part -%}
+{%- set ns.audio = ns.audio + '<|audio_start|><|audio_pad|><|audio_end|>' -%}
+{%- elif message['role'] == 'system' and part['type'] == 'text' and part['text'] is defined -%}
+{%- set ns.system = ns.system + part['text'] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{%- endfor -%}
+{{- '<|im_start|>system\n' + ns.system + '<|im_end|>\n' -}}
+{{- '<|im_start|>user\n' + ns.audio + '<|im_end|>\n' -}}
+{%- for message in messages if message['role'] == 'assistant' -%}
+{%- set reply = namespace(text='') -%}
+{%- if message['content'] is string -%}
+{%- set reply.text = message['content'] -%}
+{%- else -%}
+{%- for part in message['content'] if part['type'] == 'text' and part['text'] is defined -%}
+{%- set reply.text = reply.text + part['text'] -%}
+{%- endfor -%}
+{%- endif -%}
+{{- '<|im_start|>assistant\n' -}}
+{% generation %}{{- reply.text + '<|im_end|>\n' -}}{% endgeneration %}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+"""
+
+# The forced aligner's input is no chat at all: the audio placeholder, then every word followed by two
+# <timestamp> markers (its start and end), which the head classifies into 80 ms time bins.
+# prepare_forced_aligner_inputs passes one user turn: an audio part and one text part per word.
+ALIGNER_CHAT_TEMPLATE = """\
+{%- set ns = namespace(audio='', words=[]) -%}
+{%- for message in messages if message['content'] is not string -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part -%}
+{%- set ns.audio = ns.audio + '<|audio_start|><|audio_pad|><|audio_end|>' -%}
+{%- endif -%}
+{%- if part['type'] == 'text' and part['text'] is defined -%}
+{%- set ns.words = ns.words + [part['text']] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- endfor -%}
+{{- ns.audio + (ns.words | join('<timestamp><timestamp>')) + '<timestamp><timestamp>' -}}
+"""
+
+# The released aligner has 5000 classes of 80 ms (400 s); 750 of them still cover 60 s.
+ALIGNER_SEGMENT_MS = 80
+ALIGNER_CLASSES = 750
+
+ASR_FAMILIES = {
+    "qwen3-asr": AsrFamily(ASR_NAMED_TOKENS, "Qwen3ASRForConditionalGeneration", ASR_CHAT_TEMPLATE),
+    "qwen3-aligner": AsrFamily(
+        ASR_NAMED_TOKENS, "Qwen3ASRForTokenClassification", ALIGNER_CHAT_TEMPLATE, num_labels=ALIGNER_CLASSES
+    ),
+}
+
+
+def asr_config(family: AsrFamily, ids: dict[str, int], vocab_size: int) -> Any:
+    """A tiny Qwen3ASRConfig: Qwen3 text model of width 32 (2 layers), audio encoder of width 32 (2 layers).
+
+    n_window stays 50 (100 mel frames, 1 s, per conv chunk, 13 audio tokens each): the processor and the
+    encoder hard-code that chunk. n_window_infer is 200 (2 s attention windows; the released models use 800)
+    so that a clip of a few seconds already spans two windows.
+    """
+    from transformers import Qwen3ASRConfig
+
+    aligner = family.num_labels is not None
+    head_dim = 8
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 4 * head_dim,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": head_dim,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "tie_word_embeddings": not aligner,
+        "pad_token_id": ids["pad"],
+        "eos_token_id": ids["eos"],
+    }
+    audio = {
+        "num_mel_bins": 128,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "d_model": 32,
+        "output_dim": 4 * head_dim,  # the projector maps audio features into the text model's width
+        "downsample_hidden_size": 16,
+        "n_window": 50,
+        "n_window_infer": 200,
+        "max_position_embeddings": 13,
+    }
+    extra: dict[str, Any] = {"num_labels": family.num_labels} if aligner else {}
+    return Qwen3ASRConfig(
+        audio_config=audio,
+        text_config=text,
+        audio_token_id=ids["audio_token"],
+        timestamp_token_id=ids["<timestamp>"],
+        # As released: pad = <|im_end|>, eos = (<|endoftext|>, <|im_end|>).
+        pad_token_id=ids["eos"],
+        eos_token_id=[ids["pad"], ids["eos"]],
+        tie_word_embeddings=not aligner,
+        **extra,
+    )
+
+
+def build_asr(out_dir: Path, family_name: str, seed: int = 0) -> None:
+    """Write a tiny Qwen3-ASR or Qwen3-ForcedAligner checkpoint into out_dir."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
+
+    family = ASR_FAMILIES[family_name]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(family, plain_tokens=ASR_PLAIN_TOKENS, corpus=ASR_CORPUS)
+    ids = {attr: tokenizer.convert_tokens_to_ids(token) for attr, token in family.named_tokens.items()}
+    ids.update({token: tokenizer.convert_tokens_to_ids(token) for token in ASR_PLAIN_TOKENS})
+    ids.update(eos=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    # The released feature extractor: 128 log-mel bins, 10 ms hop, mel axis padded to whole 1 s chunks.
+    processor = Qwen3ASRProcessor(
+        feature_extractor=Qwen3ASRFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=family.chat_template,
+        timestamp_segment_time=ALIGNER_SEGMENT_MS,
+    )
+    processor.save_pretrained(out_dir)
+
+    config = asr_config(family, ids, len(tokenizer))
+    torch.manual_seed(seed)
+    model = getattr(transformers, family.model_class)(config)
+    if family.num_labels is None:
+        # The released generation config: greedy, both eos ids, 512 new tokens (the qwen_asr package default).
+        model.generation_config = GenerationConfig(
+            eos_token_id=[ids["pad"], ids["eos"]], pad_token_id=ids["eos"], do_sample=False, max_new_tokens=512
+        )
+    model.save_pretrained(out_dir)
+
+
 def main() -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2.5-omni", help="model family")
+    parser.add_argument(
+        "--family",
+        choices=sorted([*FAMILIES, *ASR_FAMILIES]),
+        default="qwen2.5-omni",
+        help="model family: a Qwen-Omni thinker, Qwen3-ASR (qwen3-asr) or Qwen3-ForcedAligner (qwen3-aligner)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights")
     parser.add_argument(
         "--quantization",
@@ -356,7 +550,12 @@ def main() -> None:
         help="weight format: AWQ as AutoAWQ writes it (Qwen2.5-Omni), or compressed-tensors as llm-compressor does",
     )
     args = parser.parse_args()
-    build(args.out_dir, args.family, args.seed, args.quantization)
+    if args.family in ASR_FAMILIES:
+        if args.quantization != "none":
+            parser.error(f"--family {args.family} has no quantized layout (use --quantization none)")
+        build_asr(args.out_dir, args.family, args.seed)
+    else:
+        build(args.out_dir, args.family, args.seed, args.quantization)
     size = sum(p.stat().st_size for p in args.out_dir.iterdir() if p.is_file())
     print(f"wrote a tiny {args.family} ({args.quantization}) checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         env = f.metadata["env"]
         help_text = f"{f.metadata['help']} (default: {shown_default(f)}; env {env})"
         if field_type(f.name) is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+            # --flag and --no-flag: a setting that is on by default (--vad) can be turned off.
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(
                 flag, dest=f.name, metavar=f.name.upper(), choices=f.metadata.get("choices"),

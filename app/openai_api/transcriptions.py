@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flask import Response, jsonify, request
 
+from app.audio import DecodeStats
 from app.errors import InvalidOption, quoted
 from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.openai_api.events import event_stream, sse
@@ -147,7 +148,8 @@ def _stream_transcription(services: Services, path: Path, options: TranscribeOpt
         started = time.monotonic()
         segments: list[TranscriptSegment] = []
         sent = ""
-        with closing(services.pipeline.segments(path, options, probed=True)) as produced:
+        stats = DecodeStats()
+        with closing(services.pipeline.segments(path, options, probed=True, stats=stats)) as produced:
             for segment in produced:
                 segments.append(segment)
                 joined = join_text([s.text for s in segments])
@@ -155,7 +157,7 @@ def _stream_transcription(services: Services, path: Path, options: TranscribeOpt
                     # join_text only ever appends, so the deltas add up to the final text exactly.
                     yield sse(TranscriptDelta(delta=joined[len(sent) :]))
                     sent = joined
-        transcript = Transcript(segments, segments[-1].end, options.language, time.monotonic() - started)
+        transcript = Transcript(segments, stats.seconds, options.language, time.monotonic() - started)
         text, _ = save_transcript(services.outputs_dir, transcript)
         yield sse(TranscriptDone(text=text, usage=_usage(transcript)))
 

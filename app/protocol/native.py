@@ -91,8 +91,9 @@ class TranscribeOptions(BaseModel):
         ge=MIN_SEGMENT_SECONDS,
         le=MAX_SEGMENT_SECONDS,
         allow_inf_nan=False,
-        description="Seconds per segment the audio is cut into; each cut moves back to the quietest 10 ms in the "
-        "2 s before it. 300 is the model's limit.",
+        description="Most seconds of audio per segment. With vad, a segment is whole stretches of speech and cuts "
+        "fall in pauses; speech that runs on longer, and all audio without vad, is cut at the quietest 10 ms in "
+        "the 2 s before the limit. 300 is the model's limit.",
     )
     max_new_tokens: MaxNewTokens = Field(
         8192,
@@ -111,6 +112,12 @@ class TranscribeOptions(BaseModel):
         False,
         description="Convert Simplified to Traditional Chinese (OpenCC s2t). Accepts true/false, 1/0, yes/no, "
         "on/off, in any case.",
+    )
+    vad: FormFlag = Field(
+        True,
+        description="Cut the audio in the pauses that Silero VAD finds and send only speech to the model (no "
+        "text over silence or music; audio without speech gives an empty transcript). false: fixed-length "
+        "segments, each cut moved back to the quietest 10 ms.",
     )
     language: str | None = Field(
         None,
@@ -177,7 +184,9 @@ class TranscribeOptions(BaseModel):
 RANGES = numeric_ranges(TranscribeOptions)
 
 # The fields whose empty value means "the server's default" (an empty language or prompt means "none").
-_DEFAULTED_WHEN_BLANK = ("segment_duration", "max_new_tokens", "temperature", "repetition_penalty", "enable_s2t")
+_DEFAULTED_WHEN_BLANK = (
+    "segment_duration", "max_new_tokens", "temperature", "repetition_penalty", "enable_s2t", "vad",
+)  # fmt: skip
 
 
 def parse_options(

@@ -107,7 +107,7 @@ def test_verbose_json_carries_openai_segment_fields(client: openai.OpenAI, long_
         language="en",
         timestamp_granularities=["segment"],
         temperature=GREEDY,
-        extra_body={"segment_duration": "30"},
+        extra_body={"segment_duration": "30", "vad": "false"},  # fixed cuts: four contiguous segments
     )
     assert isinstance(result, openai.types.audio.TranscriptionVerbose)
     assert result.language == "english"

@@ -61,7 +61,8 @@ def test_there_are_no_import_cycles() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["app.transcript", "app.text", "app.formats", "app.subtitles", "app.outputs", "app.protocol.native"]
+    "module",
+    ["app.transcript", "app.text", "app.words", "app.formats", "app.subtitles", "app.outputs", "app.protocol.native"],
 )
 def test_results_never_import_the_engine(module: str) -> None:
     """Rendering and describing a transcript needs neither the pipeline nor the engine, directly or not."""

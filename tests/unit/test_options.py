@@ -227,6 +227,7 @@ def test_options_round_trip() -> None:
         temperature=0.0,
         repetition_penalty=2.5,
         enable_s2t=True,
+        vad=False,
         language="yue",
         prompt="Say it.",
     )
@@ -237,6 +238,7 @@ def test_options_round_trip() -> None:
         "temperature": 0.0,
         "repetition_penalty": 2.5,
         "enable_s2t": True,
+        "vad": False,
         "language": "yue",
         "prompt": "Say it.",
     }

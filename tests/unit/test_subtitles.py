@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import unicodedata
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -23,7 +24,7 @@ from app.subtitles import (
     segment_cues,
 )
 from app.text import is_cjk
-from app.transcript import Transcript, TranscriptSegment
+from app.transcript import Transcript, TranscriptSegment, Word
 
 
 def transcript(*parts: tuple[float, float, str]) -> Transcript:
@@ -456,3 +457,102 @@ def test_random_transcripts_keep_every_rule() -> None:
         check_rendered(t, got)
         total += len(got)
     assert total > 1000  # the generator does make real work
+
+
+# --- timed by words: the aligner's, or the estimate inside VAD's speech spans --------------------------------
+
+
+def aligned(start: float, end: float, *timed: tuple[str, float, float]) -> TranscriptSegment:
+    """A segment whose words the aligner timed."""
+    text = " ".join(w for w, _, _ in timed)
+    return TranscriptSegment(0, start, end, text, words=tuple(Word(*w) for w in timed))
+
+
+def test_cues_start_at_their_first_word_and_end_at_their_last() -> None:
+    """The speech starts 2 s in and stops 1 s before the end: so do the cues, not the segment."""
+    segment = aligned(0.0, 10.0, ("Ask", 2.0, 2.3), ("not", 2.35, 2.6), ("what", 2.7, 3.0), ("your", 3.05, 3.3),
+                      ("country", 3.4, 3.9), ("can", 4.0, 4.2), ("do", 4.25, 4.4), ("for", 4.5, 4.7),
+                      ("you.", 4.8, 9.0))  # fmt: skip
+    got = segment_cues(segment)
+    assert got[0].start_ms == 2000 and got[-1].end_ms == 9000
+    assert all(c.end_ms - c.start_ms <= MAX_CUE_MS for c in got)
+
+
+def test_no_cue_stays_on_screen_through_a_long_pause() -> None:
+    """3 s of silence between two sentences ends the first cue at its last word, even where they would fit."""
+    segment = aligned(0.0, 12.0, ("Hello", 1.0, 1.4), ("there.", 1.5, 2.0), ("How", 5.0, 5.3), ("are", 5.4, 5.6),
+                      ("you?", 5.7, 6.2))  # fmt: skip
+    got = segment_cues(segment)
+    assert [(c.start_ms, c.end_ms, c.lines) for c in got] == [
+        (1000, 2000, ("Hello there.",)),
+        (5000, 6200, ("How are you?",)),
+    ]
+
+
+def test_a_short_cue_is_held_to_the_minimum_unless_the_next_one_starts() -> None:
+    """ "Yes." said in 0.2 s shows for 0.8 s; held only until the next cue when that comes sooner."""
+    assert [(c.start_ms, c.end_ms) for c in segment_cues(aligned(0.0, 9.0, ("Yes.", 1.0, 1.2)))] == [(1000, 1800)]
+    held = segment_cues(aligned(0.0, 9.0, ("Yes.", 1.0, 1.2), ("Then", 3.0, 3.2), ("go.", 3.3, 3.5)))
+    assert [(c.start_ms, c.end_ms) for c in held] == [(1000, 1800), (3000, 3800)]
+    # Ends at the segment however short its words: a cue never leaves its segment.
+    assert [(c.start_ms, c.end_ms) for c in segment_cues(aligned(0.0, 1.1, ("Yes.", 1.0, 1.05)))] == [(1000, 1100)]
+
+
+def test_vad_pauses_inside_a_segment_split_the_estimated_cues() -> None:
+    """No aligner: the text is shared over the speech spans, so the 5 s pause between them shows nothing."""
+    segment = TranscriptSegment(
+        0, 0.0, 20.0, "The first part is said here. And the second part comes after the pause.",
+        speech=((0.5, 4.0), (9.0, 13.0)),
+    )  # fmt: skip
+    got = segment_cues(segment)
+    assert got[0].start_ms == 500 and got[-1].end_ms == 13000
+    assert not any(c.start_ms < 6500 < c.end_ms for c in got), got
+    assert all(c.end_ms <= 4000 or c.start_ms >= 9000 for c in got), got
+
+
+def test_fast_speech_prefers_cues_that_can_be_read() -> None:
+    """Every cue is at least 0.8 s or ends where the next starts; long text is cut into readable cues."""
+    timed = [(f"word{n}", 0.5 + n * 0.15, 0.5 + n * 0.15 + 0.12) for n in range(60)]
+    got = segment_cues(aligned(0.0, 10.0, *timed))
+    for before, after in itertools.pairwise(got):
+        assert before.end_ms - before.start_ms >= 800 or before.end_ms == after.start_ms
+    assert all(len(c.lines) <= MAX_LINES for c in got) and got[-1].end_ms <= 10000
+
+
+def random_words(rng: random.Random, segment: TranscriptSegment) -> TranscriptSegment:
+    """The segment with aligner-like words: random lengths, random pauses, some out of order or outside."""
+    from app.words import text_words
+
+    found = text_words(segment.text)
+    at = segment.start - rng.choice([0.0, 0.0, 0.5])
+    timed = []
+    for w in found:
+        at += rng.choice([0.0, 0.05, 0.1, 0.3, rng.uniform(0, 4)])
+        length = rng.choice([0.0, 0.05, rng.uniform(0.1, 0.6), rng.uniform(0, 9)])
+        timed.append(Word(segment.text[w.start : w.end], at, at + length))
+        at += length - rng.choice([0.0, 0.0, 0.0, 0.2])
+    return replace(segment, words=tuple(timed))
+
+
+def test_random_aligned_transcripts_keep_the_timing_rules() -> None:
+    """Random texts with random word times: no overlap, inside the segment, at most 7 s, no long pause shown."""
+    rng = random.Random(20261203)
+    for _ in range(150):
+        t = random_transcript(rng)
+        t = Transcript([random_words(rng, s) for s in t.segments], t.duration, None, 0.0)
+        got = cues(t)
+        check_rendered(t, got)
+        previous = 0
+        for segment in t.segments:
+            seg_cues = segment_cues(segment, previous)
+            if seg_cues:
+                previous = seg_cues[-1].end_ms
+            starts = sorted(max(ms(w.start), ms(segment.start)) for w in segment.words)
+            ends = [min(ms(w.end), ms(segment.end)) for w in segment.words]
+            # Long pauses between words (times made monotonic the way the renderer sees them).
+            pauses = [(a, b) for a, b in zip(itertools.accumulate(ends, max), starts[1:], strict=False) if b - a > 1500]
+            for cue in seg_cues:
+                assert ms(segment.start) <= cue.start_ms < cue.end_ms <= ms(segment.end)
+                assert cue.end_ms - cue.start_ms <= MAX_CUE_MS and 1 <= len(cue.lines) <= MAX_LINES
+                assert not any(cue.start_ms < a and b < cue.end_ms for a, b in pauses), (cue, pauses)
+        assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(got))
