@@ -239,8 +239,9 @@ def check_attachment(label, hdr_path, filename):
         ok(label)
 
 
-def check_segments(label, segments, duration, max_len=None):
-    """Segments well formed, ordered, contiguous from 0 to duration (and at most max_len seconds each)."""
+def check_segments(label, segments, duration, max_len=None, contiguous=True):
+    """Segments well formed and ordered, at most max_len seconds each; contiguous from 0 to duration,
+    or (speech detection on, which skips what has no speech) disjoint and inside 0..duration."""
     problems = []
     if not isinstance(segments, list) or not segments:
         bad(label, "segments is not a non-empty list: %s" % snippet(json.dumps(segments)))
@@ -266,8 +267,10 @@ def check_segments(label, segments, duration, max_len=None):
         if seg["index"] != first_index + i:
             problems.append("segment %d has index %r, expected %r" % (i, seg["index"], first_index + i))
             break
-    if abs(segments[0]["start"]) > EPS:
+    if contiguous and abs(segments[0]["start"]) > EPS:
         problems.append("first segment starts at %r, expected 0" % segments[0]["start"])
+    if segments[0]["start"] < -EPS:
+        problems.append("first segment starts at %r, before 0" % segments[0]["start"])
     for i, seg in enumerate(segments):
         if not seg["end"] > seg["start"]:
             problems.append("segment %d ends (%r) at or before its start (%r)" % (i, seg["end"], seg["start"]))
@@ -276,13 +279,20 @@ def check_segments(label, segments, duration, max_len=None):
                 "segment %d is %.3f s long (%r-%r), more than %g s"
                 % (i, seg["end"] - seg["start"], seg["start"], seg["end"], max_len)
             )
-        if i and abs(seg["start"] - segments[i - 1]["end"]) > EPS:
+        if i and contiguous and abs(seg["start"] - segments[i - 1]["end"]) > EPS:
             problems.append(
                 "segment %d starts at %r but segment %d ends at %r (not contiguous)"
                 % (i, seg["start"], i - 1, segments[i - 1]["end"])
             )
-    if is_num(duration) and abs(segments[-1]["end"] - duration) > 0.01:
+        if i and not contiguous and seg["start"] < segments[i - 1]["end"] - EPS:
+            problems.append(
+                "segment %d starts at %r, before segment %d ends at %r (overlap)"
+                % (i, seg["start"], i - 1, segments[i - 1]["end"])
+            )
+    if is_num(duration) and contiguous and abs(segments[-1]["end"] - duration) > 0.01:
         problems.append("last segment ends at %r, but duration is %r" % (segments[-1]["end"], duration))
+    if is_num(duration) and segments[-1]["end"] > duration + 0.01:
+        problems.append("last segment ends at %r, after the duration %r" % (segments[-1]["end"], duration))
     verdict(label, problems[:5])
     return segments
 
@@ -458,15 +468,16 @@ def cmd_json(code, body_path, audio_path):
     else:
         ok("%s: %r" % (label, duration))
     check_segments(
-        "POST /transcribe/json: segments have index/start/end/text, ordered, contiguous from 0 to duration",
+        "POST /transcribe/json: segments have index/start/end/text, ordered, disjoint, inside 0..duration",
         r.get("segments"),
         duration,
+        contiguous=False,
     )
 
 
 def cmd_segdur(code, body_path, seg_duration):
     max_len = float(seg_duration)
-    prefix = "POST /transcribe/json segment_duration=%s" % seg_duration
+    prefix = "POST /transcribe/json segment_duration=%s vad=false" % seg_duration
     label = prefix + " -> 200 JSON"
     body = read_bytes(body_path)
     if not expect_status(label, code, 200, body):
@@ -768,8 +779,8 @@ if responded "POST /transcribe/json" json; then
     DURATION=$(python3 "$PY" get "$WORK/json.body" duration)
 fi
 
-transcribe segdur /transcribe/json --form-string segment_duration=3
-responded "POST /transcribe/json segment_duration=3" segdur && check segdur "$HTTP_CODE" "$WORK/segdur.body" 3
+transcribe segdur /transcribe/json --form-string segment_duration=3 --form-string vad=false
+responded "POST /transcribe/json segment_duration=3 vad=false" segdur && check segdur "$HTTP_CODE" "$WORK/segdur.body" 3
 
 transcribe srt /transcribe/srt
 responded "POST /transcribe/srt" srt &&

@@ -9,17 +9,18 @@ from collections.abc import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
 from app.checkpoints import missing
 from app.devices import gpu_memory
-from app.errors import JobNotFound, QueueFull, quoted
+from app.errors import InvalidOption, JobNotFound, QueueFull, ResultNotReady, quoted
 from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.jobs import Job, new_job_id
 from app.outputs import now_iso, save_transcript
 from app.protocol import native as shapes
-from app.protocol.native import JobState
+from app.protocol.native import RESULT_FORMATS, JobState
+from app.protocol.validation import parse_flag
 from app.security import caller
 from app.services import current_services
 from app.transcript import Transcript
@@ -76,6 +77,9 @@ def health() -> Response:
             variant=settings.variant,
             task=settings.model_variant.task,
             download=None if (download := services.download.status()) is None else shapes.Download(**download),
+            aligner=None
+            if (aligner := services.engine.aligner_status()) is None
+            else shapes.AlignerHealth(checkpoint=settings.aligner, **aligner),
         ),
         storage=disk,
         jobs=jobs,
@@ -93,23 +97,39 @@ def _stem(file: FileStorage) -> str:
     return stem.strip()[:200] or "transcription"
 
 
-def _run_sync(file: FileStorage) -> tuple[Transcript, str, str]:
-    """Validate, transcribe the upload, write the output file; returns transcript, text and output name."""
+def _run_sync(file: FileStorage, kind: str) -> tuple[Transcript, shapes.TranscribeOptions, str]:
+    """Validate, transcribe the upload for an output of this kind, write the output file; returns transcript,
+    options and output name. Subtitles, and JSON with word_timestamps, have their words aligned."""
     services = current_services()
     options = form_options()
+    align = kind in ("srt", "vtt") or (kind == "json" and options.word_timestamps)
     with local_path(file) as path:
-        transcript = services.pipeline.transcribe(path, options, check=client_check())
-    text, output_file = save_transcript(services.outputs_dir, transcript)
-    return transcript, text, output_file
+        transcript = services.pipeline.transcribe(path, options, check=client_check(), align=align)
+    _, output_file = save_transcript(services.outputs_dir, transcript)
+    return transcript, options, output_file
 
 
-def _attachment(kind: str, render: Callable[[Transcript], str], extension: str) -> Response:
+RENDERERS: dict[str, tuple[Callable[[Transcript], str], str]] = {
+    "text": (render_text, "txt"),
+    "srt": (render_srt, "srt"),
+    "vtt": (render_vtt, "vtt"),
+}
+
+
+def _rendered(transcript: Transcript, kind: str, stem: str) -> Response:
+    """A transcript rendered as text, SRT or VTT, as an attachment named stem plus the format's extension."""
+    render, extension = RENDERERS[kind]
+    body = io.BytesIO(render(transcript).encode("utf-8"))
+    response = send_file(body, as_attachment=True, download_name=f"{stem}.{extension}")
+    response.headers["Content-Type"] = CONTENT_TYPES[kind]
+    return response
+
+
+def _attachment(kind: str) -> Response:
     """Transcribe the upload and answer it rendered, as an attachment named after the upload."""
     file = uploaded_file()
-    transcript, _, output_file = _run_sync(file)
-    body = io.BytesIO(render(transcript).encode("utf-8"))
-    response = send_file(body, as_attachment=True, download_name=f"{_stem(file)}.{extension}")
-    response.headers["Content-Type"] = CONTENT_TYPES[kind]
+    transcript, _, output_file = _run_sync(file, kind)
+    response = _rendered(transcript, kind, _stem(file))
     response.headers["X-Output-File"] = output_file
     return response
 
@@ -117,15 +137,15 @@ def _attachment(kind: str, render: Callable[[Transcript], str], extension: str) 
 @bp.post("/transcribe")
 def transcribe_text() -> Response:
     """The transcript as a text/plain attachment named after the upload."""
-    return _attachment("text", render_text, "txt")
+    return _attachment("text")
 
 
 @bp.post("/transcribe/json")
 def transcribe_json() -> Response:
     """The transcript with its segments as JSON."""
-    transcript, _, output_file = _run_sync(uploaded_file())
+    transcript, options, output_file = _run_sync(uploaded_file(), "json")
     body = shapes.Transcription(
-        **dict(shapes.TranscriptResult.of(transcript)),
+        **dict(shapes.TranscriptResult.of(transcript, words=options.word_timestamps)),
         output_file=output_file,
         timestamp=now_iso(),
         processing_time=round(transcript.processing_seconds, 3),
@@ -136,13 +156,13 @@ def transcribe_json() -> Response:
 @bp.post("/transcribe/srt")
 def transcribe_srt() -> Response:
     """The transcript as a SubRip attachment, in subtitle-sized cues within each segment's span."""
-    return _attachment("srt", render_srt, "srt")
+    return _attachment("srt")
 
 
 @bp.post("/transcribe/vtt")
 def transcribe_vtt() -> Response:
     """The transcript as a WebVTT attachment, with the same cues as the SRT."""
-    return _attachment("vtt", render_vtt, "vtt")
+    return _attachment("vtt")
 
 
 @bp.post("/transcribe/async")
@@ -163,7 +183,7 @@ def transcribe_async() -> tuple[Response, int]:
             # Reject what is plainly not audio now, rather than as a failed job later.
             services.pipeline.probe(path)
             keep_file(path, audio_path)
-        services.jobs.create(job_id, options, audio_path, owner=caller().owner, max_queued=limit)
+        services.jobs.create(job_id, options, audio_path, owner=caller().owner, max_queued=limit, name=_stem(file))
     except BaseException:
         shutil.rmtree(audio_path.parent, ignore_errors=True)
         raise
@@ -175,6 +195,27 @@ def transcribe_async() -> tuple[Response, int]:
 def job_status(job_id: str) -> Response:
     """A job's state and progress; the transcription once completed, the error once failed."""
     return jsonify(_job_body(_visible_job(job_id)))
+
+
+@bp.get("/status/<job_id>/result")
+def job_result(job_id: str) -> Response:
+    """A completed job's transcript in any format (txt, json, srt, vtt), named after its upload."""
+    job = _visible_job(job_id)
+    wanted = (request.args.get("format") or "txt").strip().lower()
+    if wanted not in RESULT_FORMATS:
+        raise InvalidOption("format", f"must be one of {', '.join(RESULT_FORMATS)}, got {quoted(wanted)}")
+    if job.status != JobState.COMPLETED or job.result is None:
+        raise ResultNotReady(f"job {quoted(job_id)} is {job.status}: its result exists once it has completed")
+    result = shapes.TranscriptResult.model_validate(job.result)
+    if wanted == "json":
+        asked = parse_flag(request.args.get("word_timestamps") or "false")
+        if asked is None:
+            raise InvalidOption(
+                "word_timestamps", f"must be true or false, got {quoted(request.args['word_timestamps'])}"
+            )
+        words = job.options.word_timestamps or asked
+        return jsonify(shapes.TranscriptResult.of(result.transcript(), words=words).body())
+    return _rendered(result.transcript(), "text" if wanted == "txt" else wanted, job.name or job.id)
 
 
 @bp.delete("/status/<job_id>")
@@ -210,7 +251,11 @@ def _job_body(job: Job) -> dict[str, Any]:
             output_file=job.output_file,
             completed_at=job.completed_at,
             duration=round(result["duration"], 3),
-            segments=result["segments"],
+            # Words are kept for every job (its subtitles are timed by them) and shown when they were asked for.
+            segments=[
+                s if job.options.word_timestamps else {k: v for k, v in s.items() if k != "words"}
+                for s in result["segments"]
+            ],
         )
     if job.status in (JobState.FAILED, JobState.CANCELLED):
         fields.update(error=job.error, completed_at=job.completed_at)

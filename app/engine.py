@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from app.backends import Backend, BackendOutOfMemory, GenerationRequest, GenerationResult
+from app.backends import (
+    Aligner,
+    Alignment,
+    AlignmentRequest,
+    Backend,
+    BackendOutOfMemory,
+    GenerationRequest,
+    GenerationResult,
+)
 from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory, ServiceError, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,17 @@ class ModelState(StrEnum):
 
 @dataclass
 class _Work:
-    request: GenerationRequest
-    future: Future[GenerationResult]
+    request: GenerationRequest | AlignmentRequest
+    future: Future[Any]
+
+    @property
+    def kind(self) -> Any:
+        """What a batch must share: alignments go together, generations with equal params."""
+        return "align" if isinstance(self.request, AlignmentRequest) else self.request.params
+
+
+# After the aligner fails to load, word times are estimated for this long before a load is tried again.
+ALIGNER_RETRY_SECONDS = 60.0
 
 
 _STOP = object()
@@ -51,8 +68,16 @@ class Engine:
         release: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         load_backoff: tuple[float, float] = (2.0, 60.0),
+        aligner_loader: Callable[[], Aligner] | None = None,
     ) -> None:
         self._loader = loader
+        # The forced aligner: loaded by this worker when alignments arrive, unloaded with the model.
+        self._aligner_loader = aligner_loader
+        self._aligner: Aligner | None = None
+        self._aligner_state = ModelState.UNLOADED
+        self._aligner_error: str | None = None
+        self._aligner_retry_at = 0.0
+        self._aligner_loads = 0
         # After a failed load, work arriving within the backoff fails at once (503, Retry-After) rather than
         # retry a load that just failed; the wait doubles per failure from the first value up to the second.
         self._backoff_first, self._backoff_max = load_backoff
@@ -105,6 +130,30 @@ class Engine:
             self._queue.put(_Work(request, future))
             futures.append(future)
         return futures
+
+    def submit_alignments(self, requests: Sequence[AlignmentRequest]) -> list[Future[Alignment]]:
+        """Queue texts to time in their audio; each future resolves to the words' times, or None when the
+        aligner is off, failed to load or could not align that text (the caller then estimates)."""
+        with self._lock:
+            if self._stopping:
+                raise _shutting_down()
+        self.start()
+        futures: list[Future[Alignment]] = []
+        for request in requests:
+            future: Future[Alignment] = Future()
+            if self._aligner_loader is None:
+                future.set_result(None)
+            else:
+                self._queue.put(_Work(request, future))
+            futures.append(future)
+        return futures
+
+    def aligner_status(self) -> dict[str, Any] | None:
+        """The aligner's lifecycle for /health; None when there is no aligner."""
+        if self._aligner_loader is None:
+            return None
+        with self._lock:
+            return {"state": self._aligner_state.value, "error": self._aligner_error, "loads": self._aligner_loads}
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the lifecycle for /health."""
@@ -174,7 +223,7 @@ class Engine:
             pending.append(item)
 
     def _take_batch(self, pending: deque[_Work]) -> list[_Work]:
-        """Live items sharing the first item's params, in submission order, within batch size and token budget.
+        """Live items of the first item's kind (its params), in submission order, within batch size and budget.
 
         A padded batch costs its size times its longest sequence, so that is what the budget bounds; the
         first item is always taken, whatever its cost.
@@ -189,7 +238,7 @@ class Engine:
             fits = len(batch) < self._batch_size and (
                 not batch or (len(batch) + 1) * max(longest, work.request.cost) <= self._token_budget
             )
-            if fits and (not batch or work.request.params == batch[0].request.params):
+            if fits and (not batch or work.kind == batch[0].kind):
                 batch.append(work)
                 longest = max(longest, work.request.cost)
             else:
@@ -200,6 +249,9 @@ class Engine:
     def _process(self, batch: list[_Work], pending: deque[_Work]) -> None:
         live = [w for w in batch if w.future.set_running_or_notify_cancel()]
         if not live:
+            return
+        if live[0].kind == "align":
+            self._align(live)
             return
         backend = self._ensure_loaded()
         if backend is None:
@@ -226,7 +278,7 @@ class Engine:
     def _generate(self, backend: Backend, batch: list[_Work]) -> None:
         """Generate for a batch; out of memory, halve it and retry each half (a batch of one fails)."""
         try:
-            results = backend.generate([w.request for w in batch])
+            results = backend.generate([w.request for w in batch if isinstance(w.request, GenerationRequest)])
             if len(results) != len(batch):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} segments")
         except BackendOutOfMemory as exc:
@@ -250,6 +302,67 @@ class Engine:
         else:
             for work, result in zip(batch, results, strict=True):
                 work.future.set_result(result)
+
+    def _align(self, batch: list[_Work]) -> None:
+        """Time a batch of texts; without an aligner (off, or it failed), each resolves to None."""
+        aligner = self._ensure_aligner()
+        if aligner is None:
+            for work in batch:
+                work.future.set_result(None)
+            return
+        with self._lock:
+            self._busy = True
+        try:
+            self._run_alignment(aligner, batch)
+        finally:
+            with self._lock:
+                self._busy = False
+                self._last_used = self._clock()
+
+    def _run_alignment(self, aligner: Aligner, batch: list[_Work]) -> None:
+        """Align a batch; out of memory, halve it and retry each half. A failure leaves the words estimated."""
+        try:
+            results = aligner.align([w.request for w in batch if isinstance(w.request, AlignmentRequest)])
+            if len(results) != len(batch):
+                raise RuntimeError(f"aligner returned {len(results)} results for {len(batch)} segments")
+        except BackendOutOfMemory as exc:
+            if len(batch) > 1:
+                with self._lock:
+                    self._oom_splits += 1
+                half = len(batch) // 2
+                self._run_alignment(aligner, batch[:half])
+                self._run_alignment(aligner, batch[half:])
+                return
+            log.warning("out of memory aligning one segment; its word times are estimated: %s", exc)
+            results = [None]
+        except Exception:  # the transcript stands without aligned words
+            log.exception("alignment failed; word times are estimated")
+            results = [None] * len(batch)
+        for work, result in zip(batch, results, strict=True):
+            work.future.set_result(result)
+
+    def _ensure_aligner(self) -> Aligner | None:
+        if self._aligner is not None or self._aligner_loader is None or self._stopping:
+            return self._aligner
+        if self._aligner_state is ModelState.ERROR and self._clock() < self._aligner_retry_at:
+            return None
+        with self._lock:
+            self._aligner_state, self._aligner_error = ModelState.LOADING, None
+        try:
+            aligner = self._aligner_loader()
+        except Exception as exc:  # the service goes on with estimated word times
+            log.exception("aligner load failed; word times are estimated")
+            self._release()
+            with self._lock:
+                reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                self._aligner_state, self._aligner_error = ModelState.ERROR, reason
+                self._aligner_retry_at = self._clock() + ALIGNER_RETRY_SECONDS
+            return None
+        with self._lock:
+            self._aligner, self._aligner_state = aligner, ModelState.LOADED
+            self._aligner_loads += 1
+            self._last_used = self._clock()
+        return aligner
 
     def _ensure_loaded(self) -> Backend | None:
         if self._backend is not None:
@@ -285,23 +398,31 @@ class Engine:
         return backend
 
     def _until_unload(self) -> float | None:
-        if self._backend is None or self._idle_timeout <= 0:
+        if (self._backend is None and self._aligner is None) or self._idle_timeout <= 0:
             return None
         return max(0.0, self._last_used + self._idle_timeout - self._clock())
 
     def _unload_if_idle(self) -> None:
-        if self._backend is not None and self._clock() - self._last_used >= self._idle_timeout > 0:
+        loaded = self._backend is not None or self._aligner is not None
+        if loaded and self._clock() - self._last_used >= self._idle_timeout > 0:
             log.info("idle for %.0f s: unloading the model", self._idle_timeout)
             self._unload()
 
     def _unload(self) -> None:
-        backend = self._backend
-        if backend is None:
+        """Unload the model and the aligner together."""
+        backend, aligner = self._backend, self._aligner
+        if backend is None and aligner is None:
             return
         with self._lock:
-            self._backend, self._state = None, ModelState.UNLOADED
-        backend.close()
-        del backend
+            self._backend, self._aligner = None, None
+            if backend is not None:
+                self._state = ModelState.UNLOADED
+            if aligner is not None:
+                self._aligner_state = ModelState.UNLOADED
+        for model in (backend, aligner):
+            if model is not None:
+                model.close()
+        del backend, aligner
         self._release()
 
     @staticmethod

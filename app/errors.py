@@ -118,6 +118,13 @@ class JobNotFound(ServiceError):
     code = "job_not_found"
 
 
+class ResultNotReady(ServiceError):
+    """A job's result was asked for before the job completed (or after it failed or was cancelled)."""
+
+    status = 404
+    code = "result_not_ready"
+
+
 class QueueFull(ServiceError):
     """As many async jobs are waiting as the server allows."""
 

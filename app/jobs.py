@@ -53,12 +53,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     output_file TEXT,
     error TEXT,
-    owner TEXT
+    owner TEXT,
+    name TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 """
 # Columns added since the first schema, with their definitions: a database from an older version gains them.
-_ADDED_COLUMNS = {"owner": "TEXT"}
+_ADDED_COLUMNS = {"owner": "TEXT", "name": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Job:
     error: str | None
     # Who submitted it: the digest of the API key it came with, or None when the server had no keys.
     owner: str | None = None
+    # The upload's name without its extension, which the result's downloads are named after.
+    name: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -126,6 +129,7 @@ class JobStore:
         *,
         owner: str | None = None,
         max_queued: int | None = None,
+        name: str | None = None,
     ) -> None:
         """Record a queued job whose audio is already saved at audio_path; QueueFull if max_queued are waiting.
 
@@ -139,9 +143,9 @@ class JobStore:
                     if waiting >= max_queued:
                         raise QueueFull(f"{max_queued} jobs are already queued; try again later", retry_after=60)
                 db.execute(
-                    "INSERT INTO jobs (id, status, options, audio_path, created_at, owner)"
-                    f" VALUES (?, '{_QUEUED}', ?, ?, ?, ?)",
-                    (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner),
+                    "INSERT INTO jobs (id, status, options, audio_path, created_at, owner, name)"
+                    f" VALUES (?, '{_QUEUED}', ?, ?, ?, ?, ?)",
+                    (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner, name),
                 )
             except BaseException:
                 db.execute("ROLLBACK")
@@ -516,6 +520,8 @@ class JobRunner:
                 check=lambda: self._check(job.id),
                 # The upload route probed the file before queuing it.
                 probed=True,
+                # Its result can be fetched later in every format, subtitles included.
+                align=True,
             )
             text = transcript.text
             # A rerun after a crash rewrites the name its first attempt reserved: one output per job, ever.
@@ -549,7 +555,8 @@ class JobRunner:
                 return functools.partial(self._requeue, job, count_attempt=True, reason=reason)
             log.exception("job %s failed", job.id)
             return functools.partial(self._fail, job, f"{type(exc).__name__}: {exc}")
-        result = TranscriptResult.of(transcript).body()
+        # Every segment's words are kept, so that each format can be fetched later with its timing.
+        result = TranscriptResult.of(transcript, words=True).body()
 
         def complete() -> bool:
             if not self.store.complete(job.id, result, output_file):

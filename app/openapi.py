@@ -61,6 +61,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (native.Transcription, "serialization"),
     (native.JobQueued, "serialization"),
     (native.Job, "serialization"),
+    (native.TranscriptResult, "serialization"),
     (native.JobDeleted, "serialization"),
     (openai.OpenAIError, "serialization"),
     (openai.TranscriptionJson, "serialization"),
@@ -416,6 +417,43 @@ def _native_operations(settings: Settings) -> list[_Operation]:
             {"200": {"description": "The job.", "content": _json("Job")}, **_errors(401, 404, 429)},
         ),
         _Operation(
+            "/status/{job_id}/result",
+            "get",
+            "getJobResult",
+            "A completed job's transcript as text, JSON, SRT or WebVTT",
+            "jobs",
+            {
+                "200": {
+                    "description": "The transcript; text and subtitles as an attachment named after the upload.",
+                    "content": {
+                        "text/plain": {"schema": _TEXT},
+                        "application/json": {"schema": _ref("TranscriptResult")},
+                        "application/x-subrip": {"schema": _TEXT},
+                        "text/vtt": {"schema": _TEXT},
+                    },
+                },
+                **_errors(400, 401, 404, 429),
+            },
+            description="404 job_not_found for an unknown job, result_not_ready until it has completed (and for "
+            "a failed or cancelled one). Subtitles are timed by the words the job kept.",
+            extra={
+                "parameters": [
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "description": "The format: txt (the default), json, srt or vtt.",
+                        "schema": {"type": "string", "enum": list(native.RESULT_FORMATS), "default": "txt"},
+                    },
+                    {
+                        "name": "word_timestamps",
+                        "in": "query",
+                        "description": "json: each segment's words, as if the job had asked for them.",
+                        "schema": {"type": "boolean", "default": False},
+                    },
+                ]
+            },
+        ),
+        _Operation(
             "/status/{job_id}",
             "delete",
             "deleteJob",
@@ -515,7 +553,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for operation in [*_native_operations(settings), *_v1_operations(settings)]:
         item = paths.setdefault(operation.path, {})
-        if operation.path == "/status/{job_id}":
+        if operation.path.startswith("/status/{job_id}"):
             item["parameters"] = [
                 {
                     "name": "job_id",

@@ -5,15 +5,20 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app import audio, vad
-from app.backends import GenerationParams, GenerationRequest, GenerationResult
+from app.backends import Alignment, AlignmentRequest, GenerationParams, GenerationRequest, GenerationResult
 from app.engine import Engine
+from app.errors import ServiceError
 from app.protocol.native import TranscribeOptions
 from app.transcript import Transcript, TranscriptSegment
+from app.words import from_alignment
 
 ProgressCallback = Callable[[int, int], None]
 # Called while a transcription runs, at least every CHECK_SECONDS; it raises to abandon the work (the client
@@ -47,11 +52,15 @@ class Pipeline:
         check: Check | None = None,
         *,
         probed: bool = False,
+        align: bool = False,
     ) -> Transcript:
-        """Transcribe the file at path; on_progress(done, total) is called as segments finish."""
+        """Transcribe the file at path; on_progress(done, total) is called as segments finish.
+
+        align: the output needs word times, so each segment's text is timed by the aligner too.
+        """
         started = time.monotonic()
         stats = audio.DecodeStats()
-        segments = list(self.segments(path, options, on_progress, check, probed=probed, stats=stats))
+        segments = list(self.segments(path, options, on_progress, check, probed=probed, stats=stats, align=align))
         return Transcript(
             segments=segments,
             duration=stats.seconds,
@@ -68,6 +77,7 @@ class Pipeline:
         *,
         probed: bool = False,
         stats: audio.DecodeStats | None = None,
+        align: bool = False,
     ) -> Generator[TranscriptSegment, None, None]:
         """Transcribed segments of the file at path, yielded in order as soon as each and those before it finish.
 
@@ -76,13 +86,17 @@ class Pipeline:
         Closing the iterator early (a client went away), or check() raising, stops ffmpeg and cancels the
         segments still waiting. probed says the caller has already refused what probe() refuses (the file
         is probed once per request); decoding enforces the duration cap either way. With options.vad only
-        speech reaches the model (audio without any yields no segment); stats gets the audio's length.
+        speech reaches the model (audio without any yields no segment); stats gets the audio's length. With
+        align, each segment's text goes to the aligner as soon as it is generated (the engine batches those
+        too), and the segment carries the aligner's words; without them (no aligner, an unsupported language)
+        the words are estimated where they are needed.
         """
         params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
-        # Each segment's index, start, end and speech spans (empty without VAD), kept without its audio.
-        spans: list[tuple[int, float, float, tuple[tuple[float, float], ...]]] = []
-        futures: list[Future[GenerationResult]] = []
-        pending: set[Future[GenerationResult]] = set()
+        # One future per segment, resolved once its text (and, with align, its words) is in.
+        futures: list[Future[TranscriptSegment]] = []
+        # The engine's own futures, cancelled when the work is abandoned.
+        submitted: list[Future[Any]] = []
+        pending: set[Future[TranscriptSegment]] = set()
         done_count = 0
         emitted = 0
 
@@ -98,17 +112,48 @@ class Pipeline:
                 future.result()  # re-raises the first failure
             done_count += len(done)
             if done and on_progress:
-                on_progress(done_count, len(spans))
+                on_progress(done_count, len(futures))
 
         def ready() -> Iterator[TranscriptSegment]:
             """The finished segments not yet yielded that have no unfinished segment before them."""
             nonlocal emitted
             while emitted < len(futures) and futures[emitted].done():
-                index, start, end, speech = spans[emitted]
-                result = futures[emitted].result()
-                text = to_traditional([result.text])[0] if options.enable_s2t else result.text
                 emitted += 1
-                yield TranscriptSegment(index, start, end, text, result.stop_reason, speech)
+                yield futures[emitted - 1].result()
+
+        def follow(segment: audio.Segment, generated: Future[GenerationResult]) -> Future[TranscriptSegment]:
+            """The segment's future: its text once generated, then (with align) its words once aligned."""
+            out: Future[TranscriptSegment] = Future()
+            speech = segment.speech if segment.spans else ()
+            samples: np.ndarray | None = segment.samples if align else None
+
+            def on_generated(f: Future[GenerationResult]) -> None:
+                # Runs on the inference worker as the result is set (or here, if it already was).
+                if f.cancelled() or f.exception() is not None:
+                    _resolve(out, error=f.exception() if not f.cancelled() else None)
+                    return
+                result = f.result()
+                text = to_traditional([result.text])[0] if options.enable_s2t else result.text
+                done = TranscriptSegment(segment.index, segment.start, segment.end, text, result.stop_reason, speech)
+                if samples is None or not result.text.strip():
+                    _resolve(out, done)
+                    return
+                try:
+                    aligned = self.engine.submit_alignments([AlignmentRequest(samples, result.text, options.language)])
+                except ServiceError:  # shutting down: the text stands, its words are estimated
+                    _resolve(out, done)
+                    return
+                submitted.append(aligned[0])
+
+                def on_aligned(a: Future[Alignment]) -> None:
+                    timed = None if a.cancelled() or a.exception() is not None else a.result()
+                    words = from_alignment(done, timed, result.text) if timed else None
+                    _resolve(out, replace(done, words=words) if words else done)
+
+                aligned[0].add_done_callback(on_aligned)
+
+            generated.add_done_callback(on_generated)
+            return out
 
         # Refuse what is not plausible audio before any of it reaches the engine.
         if not probed:
@@ -121,13 +166,14 @@ class Pipeline:
             for segment in produced:
                 if check:
                     check()
-                spans.append((segment.index, segment.start, segment.end, segment.speech if segment.spans else ()))
                 request = GenerationRequest(segment.samples, params, options.language, options.prompt)
-                future = self.engine.submit([request])[0]
+                generated = self.engine.submit([request])[0]
+                submitted.append(generated)
+                future = follow(segment, generated)
                 futures.append(future)
                 pending.add(future)
                 if on_progress:
-                    on_progress(done_count, len(spans))
+                    on_progress(done_count, len(futures))
                 settle(block=len(pending) >= MAX_IN_FLIGHT)
                 yield from ready()
             while pending:
@@ -136,7 +182,24 @@ class Pipeline:
         finally:
             produced.close()  # stops ffmpeg at once when the work was abandoned
             for future in futures:
-                future.cancel()  # no-op for finished ones; frees the worker from the rest after a failure
+                future.cancel()  # no-op for finished ones
+            for engine_future in list(submitted):
+                engine_future.cancel()  # frees the worker from the rest after a failure
+
+
+def _resolve(
+    future: Future[TranscriptSegment], segment: TranscriptSegment | None = None, error: BaseException | None = None
+) -> None:
+    """Settle a segment's future with its segment, its error, or (neither: its work was cancelled) as cancelled."""
+    try:
+        if segment is not None:
+            future.set_result(segment)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.cancel()
+    except InvalidStateError:
+        pass  # already cancelled by an abandoned transcription
 
 
 @functools.cache

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import current_app
 
-from app.backends import Backend
+from app.backends import Aligner, Backend
 from app.checkpoints import DownloadProgress
 from app.engine import Engine
 from app.jobs import JobRunner, JobStore
@@ -68,6 +68,21 @@ def real_loader(settings: Settings, download: DownloadProgress) -> BackendLoader
     return load
 
 
+def aligner_loader(settings: Settings, download: DownloadProgress) -> Callable[[], Aligner] | None:
+    """Find (or download) the configured forced aligner and load it; None with --aligner none."""
+    if not settings.aligner_enabled:
+        return None
+
+    def load() -> Aligner:
+        from app.backends.qwen3_aligner import Qwen3Aligner
+        from app.checkpoints import resolve
+
+        # Found, checked and downloaded exactly as the model is, under its own name.
+        return Qwen3Aligner.load(settings, resolve(replace(settings, checkpoint_path=settings.aligner), download))
+
+    return load
+
+
 def build_services(settings: Settings, loader: BackendLoader | None = None) -> Services:
     """Wire the services for these settings; tests pass a loader to inject a faulty backend."""
     from app.devices import release_memory
@@ -86,6 +101,8 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         batch_size=settings.batch_size,
         token_budget=settings.token_budget,
         release=release_memory,
+        # A test's own loader (a faulty backend) runs without an aligner.
+        aligner_loader=None if loader is not None else aligner_loader(settings, download),
     )
     pipeline = Pipeline(engine, SpeechModel(settings.vad_settings), settings.max_audio_duration)
     store = JobStore(data / "jobs.sqlite3")

@@ -16,6 +16,8 @@ from app.vad import VadSettings
 from app.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
+# Qwen3-ForcedAligner-0.6B in transformers' own layout (Qwen3ASRForTokenClassification).
+DEFAULT_ALIGNER = "Qwen/Qwen3-ForcedAligner-0.6B-hf"
 
 
 def _default_data_dir() -> str:
@@ -56,6 +58,12 @@ class Settings:
     # Defaults of the per-request options (each request may override them); segment 0 means the variant's.
     segment_duration: float = _setting(
         0.0, "ASR_SEGMENT_DURATION", "default segment seconds (1-300)", shown="the variant's: 60, 30 for the Captioner"
+    )
+    # Word timestamps: a second model the inference worker loads when an output needs word times.
+    aligner: str = _setting(
+        DEFAULT_ALIGNER,
+        "ASR_ALIGNER",
+        "forced aligner for word timestamps: a model id or local dir; none turns it off (times are estimated)",
     )
     vad: bool = _setting(
         True,
@@ -195,6 +203,11 @@ class Settings:
             repetition_penalty=self.repetition_penalty,
             vad=self.vad,
         )
+
+    @property
+    def aligner_enabled(self) -> bool:
+        """Whether word times come from the aligner (else they are estimated from the speech)."""
+        return self.aligner.strip().lower() not in ("", "none", "off")
 
     @property
     def vad_settings(self) -> VadSettings:

@@ -120,14 +120,19 @@ def words_of(segment: TranscriptSegment) -> tuple[Word, ...]:
     return segment.words or tuple(Word(segment.text[w.start : w.end], a, b) for w, a, b in estimate(segment))
 
 
-def from_alignment(segment: TranscriptSegment, aligned: Sequence[tuple[str, float, float]]) -> tuple[Word, ...] | None:
+def from_alignment(
+    segment: TranscriptSegment, aligned: Sequence[tuple[str, float, float]], aligned_text: str | None = None
+) -> tuple[Word, ...] | None:
     """The segment's words timed by the aligner, or None when its words are not the text's.
 
     aligned holds the aligner's (word, start, end) in seconds of the audio it was given: the segment's
-    speech spans joined. Times are placed back in the file, made monotonic and kept inside the segment.
+    speech spans joined. aligned_text is the text it was given when the segment's differs (converted to
+    Traditional characters, word for word). Times are placed back in the file, made monotonic and kept
+    inside the segment.
     """
     found = text_words(segment.text)
-    if [w.key for w in found] != [a[0] for a in aligned]:
+    keys = [w.key for w in (found if aligned_text is None else text_words(aligned_text))]
+    if keys != [a[0] for a in aligned] or len(keys) != len(found):
         return None
     out: list[Word] = []
     floor = segment.start

@@ -161,6 +161,30 @@ class GenerationResult:
     prompt_tokens: int = 0
 
 
+# Qwen's own recipe aligns at most 3 minutes of audio at a time (MAX_FORCE_ALIGN_INPUT_SECONDS): a longer
+# segment keeps its estimated word times.
+MAX_ALIGN_SECONDS = 180
+
+
+@dataclass(frozen=True, eq=False)
+class AlignmentRequest:
+    """A segment's audio (16 kHz mono, as the model heard it) and the text to time word by word in it."""
+
+    samples: np.ndarray
+    text: str
+    language: str | None = None
+
+    @property
+    def cost(self) -> int:
+        """Upper estimate of the sequence length: audio, two markers per word, and the words themselves."""
+        return PROMPT_TOKENS + audio_tokens(self.samples) + math.ceil(len(self.text.encode()) / BYTES_PER_TOKEN) * 3
+
+
+# The aligner's words as it split the text (letters, digits and apostrophes only), with start and end in
+# seconds of the request's audio; None when it could not align this text (an unsupported language).
+Alignment = list[tuple[str, float, float]] | None
+
+
 class BackendOutOfMemory(Exception):
     """The accelerator ran out of memory for this batch; a smaller one may fit."""
 
@@ -172,6 +196,20 @@ class Backend(Protocol):
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """A result for each request, in order; every request in a batch has the same params."""
+        ...
+
+    def close(self) -> None:
+        """Drop every reference to the model so its memory can be freed."""
+        ...
+
+
+class Aligner(Protocol):
+    """A loaded forced aligner. Only the inference worker thread calls it."""
+
+    device: str
+
+    def align(self, batch: Sequence[AlignmentRequest]) -> list[Alignment]:
+        """An alignment (or None) for each request, in order."""
         ...
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.openai_api.events import event_stream, sse
 from app.openai_api.models import check_model
 from app.outputs import save_transcript
-from app.protocol.native import LANGUAGES, TranscribeOptions
+from app.protocol.native import LANGUAGES, TranscribeOptions, WordTiming
 from app.protocol.openai import (
     STREAM_FORMATS,
     DurationUsage,
@@ -34,6 +34,7 @@ from app.services import Services, current_services
 from app.text import join_text
 from app.transcript import Transcript, TranscriptSegment
 from app.uploads import client_check, detached_copy, form_options, local_path, uploaded_file
+from app.words import words_of
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,11 @@ def _request() -> TranscriptionRequest:
     granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
     for value in granularities:
         # Named as the SDKs send the field, whichever spelling came: not as a position in a list.
-        if value == "word":
-            raise InvalidOption(
-                "timestamp_granularities[]", "word timestamps are not available from this model; use segment"
-            )
-        if value != "segment":
-            raise InvalidOption("timestamp_granularities[]", f"must be segment, got {quoted(value)}")
+        if value not in ("segment", "word"):
+            raise InvalidOption("timestamp_granularities[]", f"must be segment or word, got {quoted(value)}")
+    if "word" in granularities and (response_format or "json") in ("json", "text"):
+        # As OpenAI answers it: json and text have nowhere to put words (subtitles are timed by them anyway).
+        raise InvalidOption("timestamp_granularities[]", "word needs response_format verbose_json, srt or vtt")
     fields["timestamp_granularities[]"] = granularities
     fields["stream"] = form.get("stream") or "false"
     return validate(TranscriptionRequest, fields)
@@ -82,10 +82,12 @@ def transcriptions() -> Response:
         return response
     started = time.monotonic()
     with local_path(file) as path:
-        transcript = services.pipeline.transcribe(path, options, check=client_check())
+        # Subtitles are timed by words, and so is verbose_json's words array.
+        align = asked.response_format in ("srt", "vtt") or "word" in asked.timestamp_granularities
+        transcript = services.pipeline.transcribe(path, options, check=client_check(), align=align)
     text, output_file = save_transcript(services.outputs_dir, transcript)
     log.info("transcribed %.1f s of audio in %.1f s", transcript.duration, time.monotonic() - started)
-    response = _render(asked.response_format, transcript, text, options)
+    response = _render(asked, transcript, text, options)
     response.headers["X-Output-File"] = output_file
     return response
 
@@ -94,23 +96,29 @@ def _usage(transcript: Transcript) -> DurationUsage:
     return DurationUsage(seconds=math.ceil(transcript.duration))
 
 
-def _render(response_format: str, transcript: Transcript, text: str, options: TranscribeOptions) -> Response:
+def _render(asked: TranscriptionRequest, transcript: Transcript, text: str, options: TranscribeOptions) -> Response:
+    response_format = asked.response_format
     if response_format == "json":
         return jsonify(TranscriptionJson(text=text, usage=_usage(transcript)).body())
     if response_format == "verbose_json":
-        return jsonify(verbose_json(transcript, text, options).body())
+        return jsonify(verbose_json(transcript, text, options, asked.timestamp_granularities).body())
     body = {"text": render_text, "srt": render_srt, "vtt": render_vtt}[response_format]
     return Response(body(transcript), content_type=CONTENT_TYPES[response_format])
 
 
-def verbose_json(transcript: Transcript, text: str, options: TranscribeOptions) -> VerboseTranscription:
-    """OpenAI's verbose_json: Whisper's segment fields, with null where this model has no such figure."""
+def verbose_json(
+    transcript: Transcript, text: str, options: TranscribeOptions, granularities: Sequence[str] = ()
+) -> VerboseTranscription:
+    """OpenAI's verbose_json: Whisper's segment fields (null where this model has no such figure), words when
+    asked; as OpenAI does, words alone leave the segments out."""
     language = LANGUAGES[transcript.language].lower() if transcript.language in LANGUAGES else None
+    with_segments = "segment" in granularities or "word" not in granularities
     return VerboseTranscription(
         language=language,
         duration=round(transcript.duration, 3),
         text=text,
-        segments=[_verbose_segment(s, options) for s in transcript.segments],
+        segments=[_verbose_segment(s, options) for s in transcript.segments] if with_segments else None,
+        words=[WordTiming.of(w) for s in transcript.segments for w in words_of(s)] if "word" in granularities else None,
         usage=_usage(transcript),
     )
 

@@ -7,12 +7,21 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from app.errors import InvalidOption, quoted
 from app.protocol.validation import FormFlag, invalid, numeric_ranges, validate
-from app.transcript import StopReason, Transcript, TranscriptSegment
+from app.transcript import StopReason, Transcript, TranscriptSegment, Word
+from app.words import words_of
 
 # The official feature extractor pads/truncates at 300 s (n_samples 4 800 000): longer segments would be cut.
 MAX_SEGMENT_SECONDS = 300.0
@@ -113,6 +122,11 @@ class TranscribeOptions(BaseModel):
         description="Convert Simplified to Traditional Chinese (OpenCC s2t). Accepts true/false, 1/0, yes/no, "
         "on/off, in any case.",
     )
+    word_timestamps: FormFlag = Field(
+        False,
+        description="Add each segment's words with their start and end times (JSON outputs). Subtitles are "
+        "always timed by words.",
+    )
     vad: FormFlag = Field(
         True,
         description="Cut the audio in the pauses that Silero VAD finds and send only speech to the model (no "
@@ -186,6 +200,7 @@ RANGES = numeric_ranges(TranscribeOptions)
 # The fields whose empty value means "the server's default" (an empty language or prompt means "none").
 _DEFAULTED_WHEN_BLANK = (
     "segment_duration", "max_new_tokens", "temperature", "repetition_penalty", "enable_s2t", "vad",
+    "word_timestamps",
 )  # fmt: skip
 
 
@@ -230,6 +245,18 @@ class Shape(BaseModel):
         return self.model_dump(mode="json")
 
 
+class OmitsAbsent(Shape):
+    """A body whose OMITTED fields are left out, not null, when they hold None (they were not asked for)."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.OMITTED:
+            if getattr(self, name) is None:
+                data.pop(name, None)
+        return data
+
+
 class ErrorDetail(Shape):
     """What went wrong, as a code a client can branch on and a message a person can act on."""
 
@@ -244,8 +271,23 @@ class Error(Shape):
     error: ErrorDetail
 
 
-class Segment(Shape):
+class WordTiming(Shape):
+    """One word as written (punctuation attached; each CJK character is one) and when it is spoken."""
+
+    word: str
+    start: float = Field(ge=0, description="Seconds from the start of the audio.")
+    end: float = Field(ge=0)
+
+    @classmethod
+    def of(cls, word: Word) -> WordTiming:
+        """The word as the JSON outputs show it, times rounded to milliseconds."""
+        return cls(word=word.text, start=round(word.start, 3), end=round(word.end, 3))
+
+
+class Segment(OmitsAbsent):
     """One timed segment of a transcript."""
+
+    OMITTED = ("words",)
 
     index: int = Field(ge=0)
     start: float = Field(ge=0, description="Seconds from the start of the audio.")
@@ -256,15 +298,20 @@ class Segment(Shape):
         "the repeated tail was trimmed to one copy."
     )
 
+    words: list[WordTiming] | SkipJsonSchema[None] = Field(
+        None, description="Its words, in order, inside the segment: only with word_timestamps=true."
+    )
+
     @classmethod
-    def of(cls, segment: TranscriptSegment) -> Segment:
-        """The segment as the JSON outputs show it, times rounded to milliseconds."""
+    def of(cls, segment: TranscriptSegment, words: bool = False) -> Segment:
+        """The segment as the JSON outputs show it, times rounded to milliseconds; with words, its words."""
         return cls(
             index=segment.index,
             start=round(segment.start, 3),
             end=round(segment.end, 3),
             text=segment.text,
             stop_reason=segment.stop_reason,
+            words=[WordTiming.of(w) for w in words_of(segment)] if words else None,
         )
 
 
@@ -277,14 +324,29 @@ class TranscriptResult(Shape):
     segments: list[Segment]
 
     @classmethod
-    def of(cls, transcript: Transcript) -> TranscriptResult:
-        """The one place a transcript becomes JSON."""
+    def of(cls, transcript: Transcript, words: bool = False) -> TranscriptResult:
+        """The one place a transcript becomes JSON; with words, every segment's words too."""
         return cls(
             transcription=transcript.text,
             duration=round(transcript.duration, 3),
             language=transcript.language,
-            segments=[Segment.of(s) for s in transcript.segments],
+            segments=[Segment.of(s, words) for s in transcript.segments],
         )
+
+    def transcript(self) -> Transcript:
+        """The transcript back from its JSON (a finished job's), with the words it kept."""
+        segments = [
+            TranscriptSegment(
+                s.index,
+                s.start,
+                s.end,
+                s.text,
+                s.stop_reason,
+                words=tuple(Word(w.word, w.start, w.end) for w in s.words or ()),
+            )
+            for s in self.segments
+        ]
+        return Transcript(segments, self.duration, self.language, 0.0)
 
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -308,6 +370,9 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+# The formats a completed job's result is fetched in: ?format= of GET /status/{job_id}/result.
+RESULT_FORMATS = ("txt", "json", "srt", "vtt")
 
 FINISHED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 JOB_STATES = tuple(state.value for state in JobState)
@@ -368,6 +433,15 @@ class Download(Shape):
     percent: float | None
 
 
+class AlignerHealth(Shape):
+    """The forced aligner's lifecycle: loaded with the first output that needs word times."""
+
+    checkpoint: str
+    state: Literal["unloaded", "loading", "loaded", "error"]
+    error: str | None = Field(description="Why the last load failed (word times are estimated meanwhile).")
+    loads: int = Field(ge=0)
+
+
 class ModelHealth(Shape):
     """The model's lifecycle and the engine's figures."""
 
@@ -388,6 +462,7 @@ class ModelHealth(Shape):
     checkpoint: str
     variant: str
     task: Literal["transcribe", "caption"]
+    aligner: AlignerHealth | None = Field(description="The word aligner; null with --aligner none.")
 
 
 class StorageHealth(Shape):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt
+from pydantic.json_schema import SkipJsonSchema
 
-from app.protocol.native import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, Shape
+from app.protocol.native import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, OmitsAbsent, Shape, WordTiming
 from app.protocol.validation import FormFlag
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -46,10 +47,11 @@ class TranscriptionRequest(BaseModel):
         "gpt-4o-mini-transcribe; absent means the served model.",
     )
     response_format: ResponseFormat = Field("json", description="The answer's format.")
-    timestamp_granularities: list[Literal["segment"]] = Field(
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(
         default_factory=list,
         alias="timestamp_granularities[]",
-        description="segment only: the model gives no word timings.",
+        description="verbose_json's detail: segment (the default), word (top-level words, without segments unless "
+        "segment is asked for too), or both. word needs verbose_json, srt or vtt.",
     )
     stream: FormFlag = Field(False, description="Server-sent events, one delta per finished segment (json and text).")
 
@@ -84,14 +86,19 @@ class VerboseSegment(Shape):
     stop_reason: Literal["eos", "max_tokens", "repetition"]
 
 
-class VerboseTranscription(Shape):
-    """response_format=verbose_json."""
+class VerboseTranscription(OmitsAbsent):
+    """response_format=verbose_json: segments, words or both, as timestamp_granularities[] asked."""
+
+    OMITTED = ("segments", "words")
 
     task: Literal["transcribe"] = "transcribe"
     language: str | None = Field(description="The language asked for, as an English name; null when none was.")
     duration: float = Field(ge=0)
     text: str
-    segments: list[VerboseSegment]
+    segments: list[VerboseSegment] | SkipJsonSchema[None] = None
+    words: list[WordTiming] | SkipJsonSchema[None] = Field(
+        None, description="Every word of the transcript in order, with timestamp_granularities[]=word."
+    )
     usage: DurationUsage
 
 

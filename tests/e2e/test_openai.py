@@ -236,7 +236,9 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
         ({"response_format": "xml"}, "response_format"),
         ({"temperature": 5}, "temperature"),
         ({"language": "klingon"}, "language"),
-        ({"timestamp_granularities": ["word"], "response_format": "verbose_json"}, "timestamp_granularities[]"),
+        ({"timestamp_granularities": ["word"], "response_format": "json"}, "timestamp_granularities[]"),
+        ({"timestamp_granularities": ["word"], "response_format": "text"}, "timestamp_granularities[]"),
+        ({"timestamp_granularities": ["char"], "response_format": "verbose_json"}, "timestamp_granularities[]"),
         ({"stream": True, "response_format": "srt"}, "stream"),
         ({"extra_body": {"segment_duration": "9999"}}, "segment_duration"),
     ],
@@ -403,3 +405,36 @@ def test_native_vtt_route(server: Server) -> None:
     assert response.headers["Content-Disposition"] == "attachment; filename=jfk.vtt"
     captions = list(webvtt.from_buffer(io.StringIO(response.text)))
     assert captions and all(_seconds(c.end) <= 11.01 for c in captions)
+
+
+def check_words(timed: list[Any], start: float, end: float) -> None:
+    """Words in order, none overlapping the one before, each inside [start, end]."""
+    assert timed
+    floor = start
+    for word in timed:
+        assert word.word.strip() == word.word and word.word
+        assert floor - 1e-3 <= word.start <= word.end <= end + 1e-3, (word, floor, end)
+        floor = word.end
+
+
+def test_word_granularity_gives_openais_top_level_words(client: openai.OpenAI, long_audio: Path) -> None:
+    """word alone: words and no segments (as OpenAI answers); word and segment: both, the words inside them."""
+    alone = transcribe(
+        client, JFK, response_format="verbose_json", timestamp_granularities=["word"], temperature=GREEDY
+    )
+    assert alone.segments is None and alone.words
+    check_words(alone.words, 0.0, alone.duration)
+    assert words(" ".join(w.word for w in alone.words)) == words(alone.text)
+
+    both = transcribe(
+        client,
+        long_audio,
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        temperature=GREEDY,
+        extra_body={"segment_duration": "30", "max_new_tokens": "64"},
+    )
+    assert both.segments and both.words
+    check_words(both.words, 0.0, both.duration)
+    for word in both.words:
+        assert any(s.start - 1e-3 <= word.start <= word.end <= s.end + 1e-3 for s in both.segments), word

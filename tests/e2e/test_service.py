@@ -15,7 +15,7 @@ import pytest
 import requests
 import srt
 
-from tests.support import AISHELL, JFK, LIBRISPEECH, RECORDINGS, Server, assert_error, make_audio, post
+from tests.support import AISHELL, JFK, LIBRISPEECH, RECORDINGS, Server, assert_error, make_audio, post, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -184,6 +184,58 @@ def test_async_job_runs_to_completion(server: Server) -> None:
     saved = server.data_dir / "outputs" / status["output_file"]
     assert saved.read_bytes().decode("utf-8") == status["transcription"] + "\n"
     assert not any((server.data_dir / "jobs").iterdir()), "job audio left behind"
+
+
+def test_word_timestamps_on_the_json_route(server: Server) -> None:
+    """word_timestamps=true: each segment's words, in order and inside it; without it, no words key."""
+    body = post(server, "/transcribe/json", JFK, word_timestamps="true", segment_duration="4", **FAST).json()
+    assert len(body["segments"]) >= 2
+    for segment in body["segments"]:
+        floor = segment["start"]
+        assert segment["words"] and set(segment["words"][0]) == {"word", "start", "end"}
+        for word in segment["words"]:
+            assert floor <= word["start"] <= word["end"] <= segment["end"], (word, segment)
+            floor = word["end"]
+        written = "".join(w["word"] for w in segment["words"])
+        assert written == "".join(segment["text"].split())
+    plain = post(server, "/transcribe/json", JFK, **FAST).json()
+    assert all("words" not in s for s in plain["segments"])
+
+
+def test_a_completed_jobs_result_in_every_format(server: Server) -> None:
+    """404 result_not_ready until the job completes; then txt, json, srt and vtt, named after the upload."""
+    job_id = post(server, "/transcribe/async", JFK, segment_duration="4", **FAST).json()["job_id"]
+    url = f"{server.url}/status/{job_id}/result"
+    early = requests.get(url, timeout=10)
+    if early.status_code != 200:  # a very fast machine may have finished already
+        assert_error(early, 404, "result_not_ready")
+    status = wait_for(
+        lambda: (s := requests.get(f"{server.url}/status/{job_id}", timeout=10).json())["status"] == "completed" and s,
+        what="the job to complete",
+    )
+    assert all("words" not in s for s in status["segments"])
+
+    text = requests.get(url, params={"format": "txt"}, timeout=10)
+    assert text.status_code == 200 and text.headers["Content-Type"].startswith("text/plain")
+    assert text.headers["Content-Disposition"] == "attachment; filename=jfk.txt"
+    assert text.text == status["transcription"] + "\n"
+    assert requests.get(url, timeout=10).text == text.text  # txt is the default
+
+    body = requests.get(url, params={"format": "json"}, timeout=10).json()
+    assert body["transcription"] == status["transcription"] and body["segments"] == status["segments"]
+    with_words = requests.get(url, params={"format": "json", "word_timestamps": "true"}, timeout=10).json()
+    assert all(s["words"] for s in with_words["segments"])
+
+    subrip = requests.get(url, params={"format": "srt"}, timeout=10)
+    assert subrip.headers["Content-Disposition"] == "attachment; filename=jfk.srt"
+    cues = list(srt.parse(subrip.text))
+    assert cues and cues[-1].end.total_seconds() <= status["segments"][-1]["end"] + 1e-3
+    vtt = requests.get(url, params={"format": "vtt"}, timeout=10)
+    assert vtt.text.startswith("WEBVTT") and vtt.headers["Content-Type"].startswith("text/vtt")
+    assert vtt.text.count("-->") == len(cues)
+
+    assert_error(requests.get(url, params={"format": "pdf"}, timeout=10), 400, "invalid_option")
+    assert_error(requests.get(f"{server.url}/status/{'0' * 32}/result", timeout=10), 404, "job_not_found")
 
 
 def test_health_answers_during_a_long_transcription(server: Server, tmp_path: Path) -> None:

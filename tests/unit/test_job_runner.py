@@ -30,7 +30,14 @@ class FakePipeline:
         self.calls = 0
 
     def transcribe(
-        self, path: str, options: TranscribeOptions, on_progress: Any = None, check: Any = None, *, probed: bool = False
+        self,
+        path: str,
+        options: TranscribeOptions,
+        on_progress: Any = None,
+        check: Any = None,
+        *,
+        probed: bool = False,
+        align: bool = False,
     ) -> Any:
         step = self.behaviour[min(self.calls, len(self.behaviour) - 1)]
         self.calls += 1

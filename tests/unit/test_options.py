@@ -228,6 +228,7 @@ def test_options_round_trip() -> None:
         repetition_penalty=2.5,
         enable_s2t=True,
         vad=False,
+        word_timestamps=True,
         language="yue",
         prompt="Say it.",
     )
@@ -239,6 +240,7 @@ def test_options_round_trip() -> None:
         "repetition_penalty": 2.5,
         "enable_s2t": True,
         "vad": False,
+        "word_timestamps": True,
         "language": "yue",
         "prompt": "Say it.",
     }
