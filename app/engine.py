@@ -223,22 +223,27 @@ class Engine:
             pending.append(item)
 
     def _take_batch(self, pending: deque[_Work]) -> list[_Work]:
-        """Live items of the first item's kind (its params), in submission order, within batch size and budget.
+        """Live items of one kind, in submission order, within batch size and budget: alignments when any wait,
+        else the first item's kind (its params).
 
-        A padded batch costs its size times its longest sequence, so that is what the budget bounds; the
-        first item is always taken, whatever its cost.
+        Alignments go first because a segment is done only once its words are timed: behind every generation
+        already queued, they would hold back each segment's result (and a job's progress) to the end. They are
+        a single forward pass, short beside generation. A padded batch costs its size times its longest
+        sequence, so that is what the budget bounds; the first item taken is always taken, whatever its cost.
         """
         batch: list[_Work] = []
         rest: deque[_Work] = deque()
         longest = 0
+        kind = "align" if any(w.kind == "align" for w in pending) else None
         while pending:
             work = pending.popleft()
             if work.future.cancelled():
                 continue
+            kind = work.kind if kind is None else kind
             fits = len(batch) < self._batch_size and (
                 not batch or (len(batch) + 1) * max(longest, work.request.cost) <= self._token_budget
             )
-            if fits and (not batch or work.kind == batch[0].kind):
+            if fits and work.kind == kind:
                 batch.append(work)
                 longest = max(longest, work.request.cost)
             else:

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 from app.transcript import TranscriptSegment, Word
 
+# An alignment that leaves most words without duration (piled up at one instant, typically at the end of
+# the audio for text the audio does not hold) has failed: it would give cues no time to be seen.
+MAX_INSTANT_SHARE = 0.5
+
 
 @dataclass(frozen=True)
 class TextWord:
@@ -117,13 +121,19 @@ def timed(segment: TranscriptSegment, text: str | None = None) -> list[tuple[Tex
 
 def words_of(segment: TranscriptSegment) -> tuple[Word, ...]:
     """The segment's words as written, with times: the aligner's where it gave them, else the estimate."""
-    return segment.words or tuple(Word(segment.text[w.start : w.end], a, b) for w, a, b in estimate(segment))
+    return segment.words or tuple(Word(written(segment.text, w), a, b) for w, a, b in estimate(segment))
+
+
+def written(text: str, word: TextWord) -> str:
+    """The word as the text writes it, a line break or spaces inside it (before a lone dash) as one space."""
+    return " ".join(text[word.start : word.end].split())
 
 
 def from_alignment(
     segment: TranscriptSegment, aligned: Sequence[tuple[str, float, float]], aligned_text: str | None = None
 ) -> tuple[Word, ...] | None:
-    """The segment's words timed by the aligner, or None when its words are not the text's.
+    """The segment's words timed by the aligner, or None when its words are not the text's or most of them
+    have no duration.
 
     aligned holds the aligner's (word, start, end) in seconds of the audio it was given: the segment's
     speech spans joined. aligned_text is the text it was given when the segment's differs (converted to
@@ -139,8 +149,11 @@ def from_alignment(
     for w, (_, start, end) in zip(found, aligned, strict=True):
         begin = min(max(_to_file(segment, start, ending=False), floor), segment.end)
         finish = min(max(_to_file(segment, end, ending=True), begin), segment.end)
-        out.append(Word(segment.text[w.start : w.end], begin, finish))
+        out.append(Word(written(segment.text, w), begin, finish))
         floor = finish
+    instants = sum(1 for w in out if w.end <= w.start)
+    if len(out) > 1 and instants > len(out) * MAX_INSTANT_SHARE:
+        return None
     return tuple(out)
 
 

@@ -7,15 +7,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    field_validator,
-    model_serializer,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from app.errors import InvalidOption, quoted
@@ -245,16 +237,9 @@ class Shape(BaseModel):
         return self.model_dump(mode="json")
 
 
-class OmitsAbsent(Shape):
-    """A body whose OMITTED fields are left out, not null, when they hold None (they were not asked for)."""
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for name in self.OMITTED:
-            if getattr(self, name) is None:
-                data.pop(name, None)
-        return data
+def absent(value: object) -> bool:
+    """Whether an OMITTED field is left out of the body (exclude_if): it holds None, as it was not asked for."""
+    return value is None
 
 
 class ErrorDetail(Shape):
@@ -284,7 +269,7 @@ class WordTiming(Shape):
         return cls(word=word.text, start=round(word.start, 3), end=round(word.end, 3))
 
 
-class Segment(OmitsAbsent):
+class Segment(Shape):
     """One timed segment of a transcript."""
 
     OMITTED = ("words",)
@@ -299,7 +284,7 @@ class Segment(OmitsAbsent):
     )
 
     words: list[WordTiming] | SkipJsonSchema[None] = Field(
-        None, description="Its words, in order, inside the segment: only with word_timestamps=true."
+        None, exclude_if=absent, description="Its words, in order, inside the segment: only with word_timestamps=true."
     )
 
     @classmethod

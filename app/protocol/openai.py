@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt
 from pydantic.json_schema import SkipJsonSchema
 
-from app.protocol.native import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, OmitsAbsent, Shape, WordTiming
+from app.protocol.native import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, Shape, WordTiming, absent
 from app.protocol.validation import FormFlag
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -86,7 +86,7 @@ class VerboseSegment(Shape):
     stop_reason: Literal["eos", "max_tokens", "repetition"]
 
 
-class VerboseTranscription(OmitsAbsent):
+class VerboseTranscription(Shape):
     """response_format=verbose_json: segments, words or both, as timestamp_granularities[] asked."""
 
     OMITTED = ("segments", "words")
@@ -95,9 +95,11 @@ class VerboseTranscription(OmitsAbsent):
     language: str | None = Field(description="The language asked for, as an English name; null when none was.")
     duration: float = Field(ge=0)
     text: str
-    segments: list[VerboseSegment] | SkipJsonSchema[None] = None
+    segments: list[VerboseSegment] | SkipJsonSchema[None] = Field(None, exclude_if=absent)
     words: list[WordTiming] | SkipJsonSchema[None] = Field(
-        None, description="Every word of the transcript in order, with timestamp_granularities[]=word."
+        None,
+        exclude_if=absent,
+        description="Every word of the transcript in order, with timestamp_granularities[]=word.",
     )
     usage: DurationUsage
 

@@ -104,6 +104,13 @@ def test_every_reference_resolves(spec: dict[str, Any]) -> None:
         resolve(spec, {"$ref": ref})
 
 
+def test_every_body_component_describes_its_fields(spec: dict[str, Any]) -> None:
+    """No object schema left opaque (a custom serializer can hide a model's fields): each lists them."""
+    for name, schema in spec["components"]["schemas"].items():
+        if schema.get("type") == "object" and "enum" not in schema:
+            assert schema.get("properties"), f"{name} describes no fields"
+
+
 def test_the_described_routes_are_the_apps_native_routes(app: Flask, spec: dict[str, Any]) -> None:
     """A route added to the app without a description fails this test, and so does a description of no route."""
     described = {(path, method) for path, method, _ in operations(spec)}

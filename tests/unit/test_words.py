@@ -71,6 +71,11 @@ def test_words_of_prefers_the_aligner_and_keeps_the_written_form() -> None:
     assert words.words_of(TranscriptSegment(0, 0.0, 3.0, "Hi, you.", words=aligned)) == aligned
     estimated = words.words_of(TranscriptSegment(0, 0.0, 3.0, "Hi, you."))
     assert [w.text for w in estimated] == ["Hi,", "you."] and estimated[-1].end == 3.0
+    # A lone dash joins the word before it across the line break between them: written with one space.
+    dashed = words.words_of(TranscriptSegment(0, 0.0, 3.0, "so \n— then"))
+    assert [w.text for w in dashed] == ["so —", "then"]
+    aligned_dash = words.from_alignment(TranscriptSegment(0, 0.0, 3.0, "so \n— then"), [("so", 0, 1), ("then", 1, 2)])
+    assert aligned_dash is not None and [w.text for w in aligned_dash] == ["so —", "then"]
 
 
 def test_alignment_is_placed_back_in_the_file_through_the_speech_spans() -> None:
@@ -98,6 +103,17 @@ def test_alignment_of_other_words_is_refused() -> None:
     segment = TranscriptSegment(0, 0.0, 2.0, "one two")
     assert words.from_alignment(segment, [("one", 0.0, 0.5)]) is None
     assert words.from_alignment(segment, [("one", 0.0, 0.5), ("too", 0.5, 1.0)]) is None
+
+
+def test_an_alignment_piled_up_at_one_instant_is_refused() -> None:
+    """Most words without duration (all clamped to the end of the audio) is a failed alignment: estimated instead."""
+    segment = TranscriptSegment(0, 1.0, 4.0, "one two three")
+    assert words.from_alignment(segment, [("one", 3.0, 3.0), ("two", 3.0, 3.0), ("three", 3.0, 3.0)]) is None
+    assert words.from_alignment(segment, [("one", 0.5, 1.5), ("two", 9.0, 9.0), ("three", 9.0, 9.0)]) is None
+    # Half of them at an instant is still an alignment (short words fall inside one 80 ms bin).
+    assert words.from_alignment(segment, [("one", 0.5, 1.5), ("two", 1.5, 1.5), ("three", 2.0, 2.5)]) is not None
+    # One word is its own measure.
+    assert words.from_alignment(TranscriptSegment(0, 1.0, 4.0, "one"), [("one", 0.4, 0.4)]) is not None
 
 
 def test_timed_uses_the_segment_words_only_when_they_match() -> None:
