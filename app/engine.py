@@ -87,6 +87,9 @@ class Engine:
         self._batch_size = batch_size
         self._token_budget = token_budget
         self._oom_splits = 0
+        # Segments a token limit cut (the client's max_new_tokens or the runaway guard), and loops stopped: a
+        # rising count says the limits are too tight for this speech, or the model is looping on this audio.
+        self._stops = {"max_tokens": 0, "repetition": 0}
         self._release = release
         self._clock = clock
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -171,6 +174,8 @@ class Engine:
                 "batch_size": self._batch_size,
                 "token_budget": self._token_budget,
                 "oom_batch_splits": self._oom_splits,
+                "max_tokens_stops": self._stops["max_tokens"],
+                "repetition_stops": self._stops["repetition"],
                 "pending_segments": self._queue.qsize() + self._held,
                 "retry_load_in": self._retry_in(),
             }
@@ -305,6 +310,10 @@ class Engine:
             log.exception("generation failed")
             self._fail_all(batch, InferenceFailed(f"generation failed: {exc}"), running=True)
         else:
+            with self._lock:
+                for result in results:
+                    if result.stop_reason in self._stops:
+                        self._stops[result.stop_reason] += 1
             for work, result in zip(batch, results, strict=True):
                 work.future.set_result(result)
 

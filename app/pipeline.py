@@ -33,9 +33,16 @@ class Pipeline:
     """Turns an audio file into a Transcript through the shared inference engine."""
 
     def __init__(
-        self, engine: Engine, speech: vad.SpeechModel | None = None, max_audio_seconds: float | None = None
+        self,
+        engine: Engine,
+        speech: vad.SpeechModel | None = None,
+        max_audio_seconds: float | None = None,
+        *,
+        paced: bool = True,
     ) -> None:
         self.engine = engine
+        # False for a model whose output does not follow the audio's length (the Captioner): no runaway guard.
+        self.paced = paced
         self.speech = speech or vad.SpeechModel(vad.VadSettings())
         # No file decodes (or queues) past this many seconds of audio, whatever its header says.
         self.max_audio_seconds = max_audio_seconds
@@ -64,7 +71,7 @@ class Pipeline:
         return Transcript(
             segments=segments,
             duration=stats.seconds,
-            language=options.language,
+            language=options.language or identified(segments),
             processing_seconds=time.monotonic() - started,
         )
 
@@ -91,7 +98,9 @@ class Pipeline:
         too), and the segment carries the aligner's words; without them (no aligner, an unsupported language)
         the words are estimated where they are needed.
         """
-        params = GenerationParams(options.max_new_tokens, options.temperature, options.repetition_penalty)
+        params = GenerationParams(
+            options.max_new_tokens, options.temperature, options.repetition_penalty, paced=self.paced
+        )
         # One future per segment, resolved once its text (and, with align, its words) is in.
         futures: list[Future[TranscriptSegment]] = []
         # The engine's own futures, cancelled when the work is abandoned.
@@ -134,12 +143,21 @@ class Pipeline:
                     return
                 result = f.result()
                 text = to_traditional([result.text])[0] if options.enable_s2t else result.text
-                done = TranscriptSegment(segment.index, segment.start, segment.end, text, result.stop_reason, speech)
+                done = TranscriptSegment(
+                    segment.index,
+                    segment.start,
+                    segment.end,
+                    text,
+                    result.stop_reason,
+                    speech,
+                    language=result.language,
+                )
                 if samples is None or not result.text.strip():
                     _resolve(out, done)
                     return
                 try:
-                    aligned = self.engine.submit_alignments([AlignmentRequest(samples, result.text, options.language)])
+                    language = options.language or result.language
+                    aligned = self.engine.submit_alignments([AlignmentRequest(samples, result.text, language)])
                 except ServiceError:  # shutting down: the text stands, its words are estimated
                     _resolve(out, done)
                     return
@@ -185,6 +203,15 @@ class Pipeline:
                 future.cancel()  # no-op for finished ones
             for engine_future in list(submitted):
                 engine_future.cancel()  # frees the worker from the rest after a failure
+
+
+def identified(segments: list[TranscriptSegment]) -> str | None:
+    """The language the model identified in most of the audio (by seconds of segments), if it reports any."""
+    seconds: dict[str, float] = {}
+    for segment in segments:
+        if segment.language:
+            seconds[segment.language] = seconds.get(segment.language, 0.0) + segment.end - segment.start
+    return max(seconds, key=seconds.__getitem__) if seconds else None
 
 
 def _resolve(

@@ -57,13 +57,19 @@ def current_services() -> Services:
 
 
 def real_loader(settings: Settings, download: DownloadProgress) -> BackendLoader:
-    """Find (or download) the configured checkpoint and load it through the Qwen-Omni backend."""
+    """Find (or download) the configured checkpoint and load it through its family's backend."""
 
     def load() -> Backend:
-        from app.backends.qwen_omni import QwenOmniBackend
         from app.checkpoints import resolve
 
-        return QwenOmniBackend.load(settings, resolve(settings, download))
+        checkpoint = resolve(settings, download)
+        if settings.model_variant.family == "qwen3-asr":
+            from app.backends.qwen3_asr import Qwen3AsrBackend
+
+            return Qwen3AsrBackend.load(settings, checkpoint)
+        from app.backends.qwen_omni import QwenOmniBackend
+
+        return QwenOmniBackend.load(settings, checkpoint)
 
     return load
 
@@ -104,7 +110,12 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         # A test's own loader (a faulty backend) runs without an aligner.
         aligner_loader=None if loader is not None else aligner_loader(settings, download),
     )
-    pipeline = Pipeline(engine, SpeechModel(settings.vad_settings), settings.max_audio_duration)
+    pipeline = Pipeline(
+        engine,
+        SpeechModel(settings.vad_settings),
+        settings.max_audio_duration,
+        paced=settings.model_variant.paced,
+    )
     store = JobStore(data / "jobs.sqlite3")
     disk = DiskGuard(data, settings.min_free_space)
     runner = JobRunner(

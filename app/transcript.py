@@ -35,6 +35,8 @@ class TranscriptSegment:
     speech: tuple[tuple[float, float], ...] = ()
     # The aligner's word times, when it ran on this segment; empty: none (an estimate stands in where needed).
     words: tuple[Word, ...] = ()
+    # The language the model identified in it (a code), for models that report one.
+    language: str | None = None
 
     @property
     def spans(self) -> tuple[tuple[float, float], ...]:

@@ -13,9 +13,11 @@ import numpy as np
 from app.audio import SAMPLE_RATE
 from app.transcript import StopReason
 
-# Runaway guard: no speech needs more than this many new tokens per second of audio (fast speech is about
-# 4 to 6), plus a margin for short segments, punctuation and a language tag.
-MAX_TOKENS_PER_SECOND = 8
+# Runaway guard: no speech needs more than this many new tokens per second of audio, plus a margin for short
+# segments, punctuation and a language tag. bench/results/tokens.md measures Qwen's vocabulary at up to 11
+# tokens per second of fast speech (10 syllables a second of Vietnamese); a loop is stopped earlier anyway,
+# by the repetition detector, so the guard only has to end what that misses.
+MAX_TOKENS_PER_SECOND = 15
 TOKEN_MARGIN = 32
 # Qwen2.5-Omni's audio encoder emits 25 tokens per second (Qwen3-Omni about 13): the cost estimate uses the
 # larger rate, so a batch's token budget is never underestimated.
@@ -49,6 +51,9 @@ class GenerationParams:
     repetition_penalty: float
     # Benchmarks only: force this many tokens, so random weights cost what real speech costs.
     min_new_tokens: int = 0
+    # Whether the output's length follows the audio's, so the runaway guard caps it: a transcript does, a
+    # caption (a description of the sounds, whatever their length) does not.
+    paced: bool = True
 
 
 def audio_tokens(samples: np.ndarray) -> int:
@@ -135,8 +140,8 @@ class GenerationRequest:
     @property
     def token_limit(self) -> int:
         """New tokens allowed: the client's max_new_tokens, for a segment capped from its length."""
-        if self.chat is not None:
-            # An answer's length has nothing to do with its audio's: no runaway guard.
+        if self.chat is not None or not self.params.paced:
+            # An answer's or a caption's length has nothing to do with its audio's: no runaway guard.
             return max(self.params.min_new_tokens, self.params.max_new_tokens)
         guard = math.ceil(len(self.samples) / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + TOKEN_MARGIN
         return max(self.params.min_new_tokens, min(self.params.max_new_tokens, guard))
@@ -159,6 +164,8 @@ class GenerationResult:
     tokens: int = 0
     # The row's prompt length in tokens (template, text and audio), without padding.
     prompt_tokens: int = 0
+    # The language the model identified (a code), for models that report one (Qwen3-ASR).
+    language: str | None = None
 
 
 # Qwen's own recipe aligns at most 3 minutes of audio at a time (MAX_FORCE_ALIGN_INPUT_SECONDS): a longer

@@ -65,6 +65,21 @@ def thinker_loading(
     raise ValueError(f"unsupported quantization method {method!r} in {checkpoint}; expected awq or compressed-tensors")
 
 
+def complete(loaded: Any, checkpoint: str) -> Any:
+    """The model from from_pretrained(..., output_loading_info=True), refused if any weight was not in the
+    checkpoint: transformers fills those with random values and only warns (a renamed module, an untied head)."""
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        shown = ", ".join((missing + mismatched)[:8]) + (" ..." if len(missing) + len(mismatched) > 8 else "")
+        raise ValueError(
+            f"{checkpoint} lacks {len(missing)} weight(s) the model needs and has {len(mismatched)} of the wrong "
+            f"shape ({shown}): it is not a checkpoint of this model, or of this transformers version's layout"
+        )
+    return model
+
+
 def _check_symmetric(quant: dict[str, Any]) -> None:
     """transformers' MoE expert dequantizer ignores zero points, so asymmetric weights would load wrong."""
     for name, group in quant.get("config_groups", {}).items():

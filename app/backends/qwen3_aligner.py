@@ -22,6 +22,7 @@ from typing import Any
 
 from app.audio import SAMPLE_RATE
 from app.backends import MAX_ALIGN_SECONDS, Alignment, AlignmentRequest, BackendOutOfMemory
+from app.backends.loading import complete
 from app.devices import resolve_device
 from app.settings import Settings
 
@@ -57,9 +58,10 @@ class Qwen3Aligner:
         device = resolve_device(settings.device)
         dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
         processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
-        model: Any = Qwen3ASRForTokenClassification.from_pretrained(
-            checkpoint, dtype=dtype, device_map=device, local_files_only=True
+        loaded = Qwen3ASRForTokenClassification.from_pretrained(
+            checkpoint, dtype=dtype, device_map=device, local_files_only=True, output_loading_info=True
         )
+        model: Any = complete(loaded, checkpoint)
         model.eval()
         log.info("loaded the aligner %s on %s", settings.aligner, device)
         return cls(model, processor, device)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, printable
-from app.backends.loading import thinker_loading
+from app.backends.loading import complete, thinker_loading
 from app.backends.stopping import (
     RepetitionLoop,
     RowTokenLimits,
@@ -110,7 +110,7 @@ class QwenOmniBackend:
             )
         # Full Qwen-Omni checkpoints store the thinker under "thinker."; transformers' conversion mapping
         # strips that prefix, and the thinker config leaves the talker out, so it is never loaded.
-        model = thinker_class.from_pretrained(
+        loaded = thinker_class.from_pretrained(
             checkpoint,
             config=config,
             dtype=dtype,
@@ -118,8 +118,10 @@ class QwenOmniBackend:
             # Several GPUs share the layers (CUDA_VISIBLE_DEVICES picks them); quantized loaders need a map.
             device_map="auto" if device == "cuda" else device,
             local_files_only=True,
+            output_loading_info=True,
             **quant_kwargs,
         )
+        model = complete(loaded, checkpoint)
         if device == "cuda" and settings.low_vram and getattr(model.model, "visual", None) is not None:
             # Audio never reaches the vision tower: keep its weights in CPU memory, not VRAM.
             model.model.visual.to("cpu")
@@ -131,7 +133,7 @@ class QwenOmniBackend:
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch of segments and chats in one generate call (left padding), each with its own token limit."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
 
         params = batch[0].params
         inputs = self._inputs(batch)
@@ -156,12 +158,22 @@ class QwenOmniBackend:
         if stream is not None:
             criteria.append(stream)
         stopping = StoppingCriteriaList(criteria)
+        # The penalty applies to what the model writes, not to the prompt: penalising the template, the audio
+        # placeholders and the client's context would push the answer away from words the prompt names.
+        processors = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            processors.append(
+                RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=prompt_length)
+            )
         try:
             with torch.inference_mode():
                 output = self.model.generate(
                     **inputs,
                     max_new_tokens=max(limits),
-                    repetition_penalty=params.repetition_penalty,
+                    # 1.0 keeps generate from adding its own whole-sequence penalty (a checkpoint's
+                    # generation_config may set one) beside the one above.
+                    repetition_penalty=1.0,
+                    logits_processor=processors,
                     eos_token_id=self._eos,
                     pad_token_id=self._pad,
                     stopping_criteria=stopping,
@@ -198,7 +210,9 @@ class QwenOmniBackend:
             # Pad features to the longest audio in this batch, not to the extractor's 300 s default.
             longest = max(len(a) for a in audio)
             audio_inputs = {"audio": audio, "audio_kwargs": {"max_length": longest}}
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, **audio_inputs)
+        # Left padding, said explicitly: a checkpoint's tokenizer_config.json asking for "right" would otherwise
+        # win over the processor's default and shift the padded rows' prompts away from their answers.
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, padding_side="left", **audio_inputs)
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)

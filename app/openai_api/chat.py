@@ -55,6 +55,12 @@ def chat_completions() -> Response:
     settings = services.settings
     body = validate(ChatCompletionRequest, _json_object(), request_errors=frozenset({"model"}))
     model = check_model(settings, body.model)
+    if not settings.model_variant.chats:
+        raise InvalidOption(
+            "model",
+            f"the {settings.model_variant.name} variant is a speech recognition model: it transcribes "
+            "(POST /v1/audio/transcriptions) but does not chat",
+        )
     params = _params(body, settings)
     chat = _prompt(body.messages, services)
     _check_context(chat, params, settings)

@@ -18,6 +18,7 @@ from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.openai_api.events import event_stream, sse
 from app.openai_api.models import check_model
 from app.outputs import save_transcript
+from app.pipeline import identified
 from app.protocol.native import LANGUAGES, TranscribeOptions, WordTiming
 from app.protocol.openai import (
     STREAM_FORMATS,
@@ -165,7 +166,8 @@ def _stream_transcription(services: Services, path: Path, options: TranscribeOpt
                     # join_text only ever appends, so the deltas add up to the final text exactly.
                     yield sse(TranscriptDelta(delta=joined[len(sent) :]))
                     sent = joined
-        transcript = Transcript(segments, stats.seconds, options.language, time.monotonic() - started)
+        language = options.language or identified(segments)
+        transcript = Transcript(segments, stats.seconds, language, time.monotonic() - started)
         text, _ = save_transcript(services.outputs_dir, transcript)
         yield sse(TranscriptDone(text=text, usage=_usage(transcript)))
 

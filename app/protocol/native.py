@@ -61,6 +61,8 @@ LANGUAGES: dict[str, str] = {
     "ro": "Romanian",
     "fa": "Persian",
     "ur": "Urdu",
+    "fil": "Filipino",
+    "mk": "Macedonian",
 }
 _LANGUAGE_BY_NAME = {name.lower(): code for code, name in LANGUAGES.items()}
 
@@ -272,7 +274,7 @@ class WordTiming(Shape):
 class Segment(Shape):
     """One timed segment of a transcript."""
 
-    OMITTED = ("words",)
+    OMITTED = ("language", "words")
 
     index: int = Field(ge=0)
     start: float = Field(ge=0, description="Seconds from the start of the audio.")
@@ -282,7 +284,9 @@ class Segment(Shape):
         description="eos: the model finished; max_tokens: a token limit cut it; repetition: the model looped and "
         "the repeated tail was trimmed to one copy."
     )
-
+    language: str | SkipJsonSchema[None] = Field(
+        None, exclude_if=absent, description="The language the model identified in it (Qwen3-ASR variants)."
+    )
     words: list[WordTiming] | SkipJsonSchema[None] = Field(
         None, exclude_if=absent, description="Its words, in order, inside the segment: only with word_timestamps=true."
     )
@@ -296,6 +300,7 @@ class Segment(Shape):
             end=round(segment.end, 3),
             text=segment.text,
             stop_reason=segment.stop_reason,
+            language=segment.language,
             words=[WordTiming.of(w) for w in words_of(segment)] if words else None,
         )
 
@@ -305,7 +310,10 @@ class TranscriptResult(Shape):
 
     transcription: str
     duration: float = Field(ge=0)
-    language: str | None = Field(description="The language asked for; null when none was.")
+    language: str | None = Field(
+        description="The language asked for, else the one the model identified in most of the audio (Qwen3-ASR "
+        "variants); null when neither."
+    )
     segments: list[Segment]
 
     @classmethod
@@ -328,6 +336,7 @@ class TranscriptResult(Shape):
                 s.text,
                 s.stop_reason,
                 words=tuple(Word(w.word, w.start, w.end) for w in s.words or ()),
+                language=s.language,
             )
             for s in self.segments
         ]
@@ -439,6 +448,8 @@ class ModelHealth(Shape):
     batch_size: int = Field(ge=1)
     token_budget: int = Field(ge=1)
     oom_batch_splits: int = Field(ge=0)
+    max_tokens_stops: int = Field(ge=0, description="Segments and answers a token limit cut, since the start.")
+    repetition_stops: int = Field(ge=0, description="Segments and answers stopped in a repetition loop.")
     pending_segments: int = Field(ge=0)
     retry_load_in: float | None = Field(
         description="Seconds until a failed load is tried again; null when none failed."

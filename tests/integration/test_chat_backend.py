@@ -97,8 +97,8 @@ def test_chat_limits_and_cost() -> None:
     """A chat gets max_new_tokens whatever its audio; its cost counts every audio, its text and its limit."""
     params = GenerationParams(max_new_tokens=500, temperature=0.0, repetition_penalty=1.0)
     short = chat(user(None, "hi"), [noise(1.0)], params)
-    assert short.token_limit == 500  # a 1 s segment to transcribe would get 8 + 32
-    assert GenerationRequest(noise(1.0), params).token_limit == 40
+    assert short.token_limit == 500  # a 1 s segment to transcribe would get 15 + 32
+    assert GenerationRequest(noise(1.0), params).token_limit == 47
     two = chat(user(None, "hi", None), [noise(1.0), noise(10.0)], params)
     assert two.cost - short.cost >= 250  # ten more seconds at 25 tokens a second
     text = chat(user("x" * 3000), (), params)

@@ -300,3 +300,17 @@ def test_token_budget_bounds_the_padded_batch() -> None:
         assert tiny_budget.submit([request()])[0].result(timeout=10).text == "seg-32000"
     finally:
         tiny_budget.stop(timeout=10)
+
+
+def test_token_limit_stops_are_counted(tiny_settings: Settings) -> None:
+    """/health's max_tokens_stops counts each segment a limit cut (random weights rarely stop by themselves)."""
+    engine = Engine(real_loader(tiny_settings, DownloadProgress()), idle_timeout=0, batch_size=4)
+    engine.start()
+    try:
+        cut = GenerationParams(max_new_tokens=2, temperature=1.0, repetition_penalty=1.0)
+        results = [f.result(timeout=60) for f in engine.submit([request(1.0, cut), request(2.0, cut)])]
+        status = engine.status()
+        assert status["max_tokens_stops"] == sum(r.stop_reason == "max_tokens" for r in results) >= 1
+        assert status["repetition_stops"] == sum(r.stop_reason == "repetition" for r in results)
+    finally:
+        engine.stop()

@@ -27,10 +27,13 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def test_each_row_stops_at_its_own_limit(backend: QwenOmniBackend) -> None:
-    """In one batch, a 1 s segment gets at most 8 * 1 + 32 tokens and a 10 s one at most 8 * 10 + 32."""
+    """In one batch, a 1 s segment gets at most 15 * 1 + 32 tokens and a 10 s one at most 15 * 10 + 32."""
     params = GenerationParams(max_new_tokens=1000, temperature=1.0, repetition_penalty=1.0)
     requests = [GenerationRequest(noise(1.0), params), GenerationRequest(noise(10.0, 1), params)]
-    assert [r.token_limit for r in requests] == [40, 112]
+    assert [r.token_limit for r in requests] == [47, 182]
+    # A caption's length does not follow its audio's: only the client's limit holds.
+    unpaced = GenerationParams(max_new_tokens=1000, temperature=1.0, repetition_penalty=1.0, paced=False)
+    assert GenerationRequest(noise(1.0), unpaced).token_limit == 1000
     for seed in range(3):
         torch.manual_seed(seed)
         results = backend.generate(requests)

@@ -155,3 +155,14 @@ def test_cpu_share_of_other_processes_and_the_caution_it_triggers() -> None:
     busy = {"other_processes_cpu": {"cpu_seconds": 60.0, "share": 0.4}}
     assert service.busy_note(quiet) is None
     assert "40%" in str(batching.busy_note(busy))
+
+
+def test_token_bench_counts_bpe_merges_and_syllables() -> None:
+    tokens = _load("tokens")
+    ranks = {b"a": 0, b"b": 1, b"c": 2, b"ab": 3, b"abc": 4}
+    assert tokens.bpe(b"abc", ranks) == 1 and tokens.bpe(b"cab", ranks) == 2 and tokens.bpe(b"ca", ranks) == 2
+    assert tokens.syllables("ko", "안녕 하세요.") == 5
+    assert tokens.syllables("vi", "Xin chào các bạn.") == 4
+    assert tokens.syllables("zh", "你好,世界。") == 4
+    assert tokens.syllables("ru", "Привет, мир") == 3
+    assert tokens.syllables("en", "And so my fellow Americans") == 9

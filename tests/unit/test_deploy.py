@@ -43,6 +43,8 @@ SERVICES = {
     "qwen3-omni-http-captioner": "captioner",
     "qwen3-omni-http-captioner-awq": "captioner-awq",
     "qwen3-omni-http-instruct-awq": "instruct-awq",
+    "qwen3-asr-http-asr": "asr",
+    "qwen3-asr-http-asr-0.6b": "asr-0.6b",
     "qwen-omni-http-cpu": "cpu",
 }
 CPU_PROFILES = {"cpu"}

@@ -1,0 +1,116 @@
+"""Qwen3-ASR through transformers: Qwen3ASRForConditionalGeneration fed by Qwen3ASRProcessor's transcription request.
+
+Facts from reading transformers 5.23's qwen3_asr that shape this module:
+
+- `apply_transcription_request` builds the whole prompt: an optional system turn holding the context (our
+  `prompt`: names, terms, hotwords, not an instruction), the audio, and an assistant turn prefilled with
+  `language <Name><asr_text>` when a language is forced. It accepts only the languages of its own table;
+  any other would raise, so those are detected instead.
+- Without a forced language the model writes `language <Name><asr_text>` itself before the text (`language
+  None` for audio without speech). `<asr_text>` is not a special token: it survives skip_special_tokens.
+  The split is done here rather than by `parse_output`, which also rewrites repeated characters: loops are
+  handled, and reported as a stop reason, like the Omni models'.
+- The processor pads on the left, but a checkpoint's tokenizer_config.json may say "right", which beats the
+  processor's default: left is passed explicitly, as batched generation needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from app.backends import GenerationRequest, GenerationResult
+from app.backends.loading import complete
+from app.backends.qwen_omni import MIN_SAMPLES, QwenOmniBackend, _at_least
+from app.backends.stopping import row_output, trim_repetition
+from app.devices import resolve_device
+from app.settings import Settings
+from app.transcript import StopReason
+
+log = logging.getLogger(__name__)
+
+MARKER = "<asr_text>"
+
+
+@functools.cache
+def language_names() -> dict[str, str]:
+    """The model's languages: each code and the name it was trained with (transformers' own table)."""
+    from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
+
+    return dict(LANGUAGE_CODE_TO_NAME)
+
+
+def split_output(output: str) -> tuple[str, str | None]:
+    """The transcript in a decoded output, and the language the model named before it (a code; None when the
+    language was forced, when it says `language None`, or names one outside its table)."""
+    if MARKER not in output:
+        return output.strip(), None
+    head, text = output.split(MARKER, 1)
+    head = head.strip()
+    name = head[len("language ") :] if head.lower().startswith("language ") else head
+    codes = {known.lower(): code for code, known in language_names().items()}
+    return text.strip(), codes.get(name.strip().lower())
+
+
+class Qwen3AsrBackend(QwenOmniBackend):
+    """A loaded Qwen3-ASR model: generation, token limits and loop handling as for the Omni thinkers."""
+
+    def __init__(self, model: Any, processor: Any, device: str) -> None:
+        super().__init__(model, processor, device, "transcribe")
+        self._names = language_names()
+
+    @classmethod
+    def load(cls, settings: Settings, checkpoint: str) -> Qwen3AsrBackend:
+        """Load processor and model from a local checkpoint directory onto the configured device."""
+        import torch
+        from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+        from transformers.utils.import_utils import is_flash_attn_2_available
+
+        device = resolve_device(settings.device)
+        attn = "sdpa"
+        if settings.flash_attn2:
+            if device == "cuda" and is_flash_attn_2_available():
+                attn = "flash_attention_2"
+            else:
+                log.warning("flash_attention_2 is not available here; using sdpa")
+        dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+        processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
+        loaded = Qwen3ASRForConditionalGeneration.from_pretrained(
+            checkpoint,
+            dtype=dtype,
+            attn_implementation=attn,
+            device_map="auto" if device == "cuda" else device,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        model: Any = complete(loaded, checkpoint)
+        model.eval()
+        log.info("loaded %s (%s) on %s, %s", settings.checkpoint_path, settings.model_variant.name, device, attn)
+        return cls(model, processor, device)
+
+    def _inputs(self, batch: Sequence[GenerationRequest]) -> Any:
+        """The transcription requests of a batch as one left-padded tensor batch on the model's device."""
+        if any(r.chat is not None for r in batch):
+            raise ValueError("Qwen3-ASR transcribes; it does not answer conversations")
+        inputs = self.processor.apply_transcription_request(
+            audio=[_at_least(r.samples, MIN_SAMPLES) for r in batch],
+            # A language outside the model's table is left to its own identification.
+            language=[r.language if r.language in self._names else None for r in batch],
+            prompt=[r.prompt or None for r in batch],
+            processor_kwargs={"padding_side": "left"},
+        )
+        inputs = inputs.to(self.model.device)
+        if "input_features" in inputs:
+            inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        return inputs
+
+    def _result(self, ids: list[int], limit: int, looped: bool, prompt_tokens: int = 0) -> GenerationResult:
+        """Decode one row: the text after the model's language tag, and that language as a code."""
+        ids, ended = row_output(ids, self._eos, limit)
+        reason: StopReason = "eos" if ended and not looped else "max_tokens"
+        if looped and (trimmed := trim_repetition(ids)) is not None:
+            ids, reason = trimmed, "repetition"
+        text, language = split_output(self._decode(ids))
+        return GenerationResult(text, reason, len(ids), prompt_tokens, language)
