@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -208,13 +209,15 @@ def job_result(job_id: str) -> Response:
         raise ResultNotReady(f"job {quoted(job_id)} is {job.status}: its result exists once it has completed")
     result = shapes.TranscriptResult.model_validate(job.result)
     if wanted == "json":
-        asked = parse_flag(request.args.get("word_timestamps") or "false")
-        if asked is None:
-            raise InvalidOption(
-                "word_timestamps", f"must be true or false, got {quoted(request.args['word_timestamps'])}"
-            )
-        words = job.options.word_timestamps or asked
-        return jsonify(shapes.TranscriptResult.of(result.transcript(), words=words).body())
+        # Given, the query decides; absent, what the job was submitted with.
+        raw = (request.args.get("word_timestamps") or "").strip()
+        words = parse_flag(raw) if raw else job.options.word_timestamps
+        if words is None:
+            raise InvalidOption("word_timestamps", f"must be true or false, got {quoted(raw)}")
+        body = json.dumps(shapes.TranscriptResult.of(result.transcript(), words=words).body(), ensure_ascii=False)
+        # An attachment like the other formats, so that a browser's download keeps the upload's name.
+        name = f"{job.name or job.id}.json"
+        return send_file(io.BytesIO(body.encode()), mimetype="application/json", as_attachment=True, download_name=name)
     return _rendered(result.transcript(), "text" if wanted == "txt" else wanted, job.name or job.id)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.backends import (
     Aligner,
+    AlignerDownloading,
     Alignment,
     AlignmentRequest,
     Backend,
@@ -50,6 +51,8 @@ class _Work:
 
 # After the aligner fails to load, word times are estimated for this long before a load is tried again.
 ALIGNER_RETRY_SECONDS = 60.0
+# While the aligner downloads, how often the worker looks whether it is there.
+ALIGNER_POLL_SECONDS = 5.0
 
 
 _STOP = object()
@@ -358,12 +361,19 @@ class Engine:
     def _ensure_aligner(self) -> Aligner | None:
         if self._aligner is not None or self._aligner_loader is None or self._stopping:
             return self._aligner
-        if self._aligner_state is ModelState.ERROR and self._clock() < self._aligner_retry_at:
+        waiting = self._aligner_state in (ModelState.ERROR, ModelState.LOADING)
+        if waiting and self._clock() < self._aligner_retry_at:
             return None
         with self._lock:
             self._aligner_state, self._aligner_error = ModelState.LOADING, None
         try:
             aligner = self._aligner_loader()
+        except AlignerDownloading as exc:
+            # Downloaded off this thread, so no generation waits for it; asked again shortly.
+            with self._lock:
+                self._aligner_error = str(exc)
+                self._aligner_retry_at = self._clock() + ALIGNER_POLL_SECONDS
+            return None
         except Exception as exc:  # the service goes on with estimated word times
             log.exception("aligner load failed; word times are estimated")
             self._release()

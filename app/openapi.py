@@ -135,6 +135,13 @@ def _option_properties(settings: Settings) -> dict[str, Any]:
             prop["description"] += f" Sent as a form string: {words}. Empty or absent means the server's default."
         if name == "language" and caption:
             prop["description"] += " Caption variants ignore it."
+        asr = settings.model_variant.family == "qwen3-asr"
+        if name == "prompt" and asr:
+            prop["description"] += (
+                " Qwen3-ASR variants take it as context (names and terms the audio holds), not as an instruction."
+            )
+        if name == "language" and asr:
+            prop["description"] += " Qwen3-ASR variants identify it when it is left out."
         properties[name] = prop
     return properties
 
@@ -424,7 +431,7 @@ def _native_operations(settings: Settings) -> list[_Operation]:
             "jobs",
             {
                 "200": {
-                    "description": "The transcript; text and subtitles as an attachment named after the upload.",
+                    "description": "The transcript, as an attachment named after the upload.",
                     "content": {
                         "text/plain": {"schema": _TEXT},
                         "application/json": {"schema": _ref("TranscriptResult")},
@@ -447,8 +454,9 @@ def _native_operations(settings: Settings) -> list[_Operation]:
                     {
                         "name": "word_timestamps",
                         "in": "query",
-                        "description": "json: each segment's words, as if the job had asked for them.",
-                        "schema": {"type": "boolean", "default": False},
+                        "description": "json: each segment's words (true) or none (false); absent, as the job "
+                        "was submitted (its word_timestamps option).",
+                        "schema": {"type": "boolean"},
                     },
                 ]
             },

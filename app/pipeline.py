@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
@@ -15,10 +17,12 @@ import numpy as np
 from app import audio, vad
 from app.backends import Alignment, AlignmentRequest, GenerationParams, GenerationRequest, GenerationResult
 from app.engine import Engine
-from app.errors import ServiceError
+from app.errors import InferenceFailed, ServiceError
 from app.protocol.native import TranscribeOptions
 from app.transcript import Transcript, TranscriptSegment
 from app.words import from_alignment
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 # Called while a transcription runs, at least every CHECK_SECONDS; it raises to abandon the work (the client
@@ -98,6 +102,8 @@ class Pipeline:
         too), and the segment carries the aligner's words; without them (no aligner, an unsupported language)
         the words are estimated where they are needed.
         """
+        # Captions describe sounds rather than say words: there is nothing to align.
+        align = align and self.paced
         params = GenerationParams(
             options.max_new_tokens, options.temperature, options.repetition_penalty, paced=self.paced
         )
@@ -106,6 +112,9 @@ class Pipeline:
         # The engine's own futures, cancelled when the work is abandoned.
         submitted: list[Future[Any]] = []
         pending: set[Future[TranscriptSegment]] = set()
+        # Set once the work ends or is abandoned; the lock orders it against alignments being queued.
+        closing = threading.Lock()
+        abandoned = threading.Event()
         done_count = 0
         emitted = 0
 
@@ -137,7 +146,16 @@ class Pipeline:
             samples: np.ndarray | None = segment.samples if align else None
 
             def on_generated(f: Future[GenerationResult]) -> None:
-                # Runs on the inference worker as the result is set (or here, if it already was).
+                # Runs on the inference worker as the result is set (or here, if it already was). A Future
+                # swallows what its callbacks raise, which would leave `out` unresolved and its request waiting
+                # for ever: whatever goes wrong here fails the segment instead.
+                try:
+                    generated_text(f)
+                except Exception as exc:
+                    log.exception("finishing a generated segment failed")
+                    _resolve(out, error=InferenceFailed(f"finishing the segment's text failed: {exc}"))
+
+            def generated_text(f: Future[GenerationResult]) -> None:
                 if f.cancelled() or f.exception() is not None:
                     _resolve(out, error=f.exception() if not f.cancelled() else None)
                     return
@@ -155,17 +173,25 @@ class Pipeline:
                 if samples is None or not result.text.strip():
                     _resolve(out, done)
                     return
-                try:
-                    language = options.language or result.language
-                    aligned = self.engine.submit_alignments([AlignmentRequest(samples, result.text, language)])
-                except ServiceError:  # shutting down: the text stands, its words are estimated
-                    _resolve(out, done)
-                    return
-                submitted.append(aligned[0])
+                with closing:
+                    if abandoned.is_set():  # the work ended or was given up: nothing more is queued for it
+                        _resolve(out)
+                        return
+                    try:
+                        language = options.language or result.language
+                        aligned = self.engine.submit_alignments([AlignmentRequest(samples, result.text, language)])
+                    except ServiceError:  # shutting down: the text stands, its words are estimated
+                        _resolve(out, done)
+                        return
+                    submitted.append(aligned[0])
 
                 def on_aligned(a: Future[Alignment]) -> None:
-                    timed = None if a.cancelled() or a.exception() is not None else a.result()
-                    words = from_alignment(done, timed, result.text) if timed else None
+                    try:
+                        timed = None if a.cancelled() or a.exception() is not None else a.result()
+                        words = from_alignment(done, timed, result.text) if timed else None
+                    except Exception:  # the text stands; its words are estimated where needed
+                        log.exception("placing aligned words failed")
+                        words = None
                     _resolve(out, replace(done, words=words) if words else done)
 
                 aligned[0].add_done_callback(on_aligned)
@@ -199,6 +225,9 @@ class Pipeline:
                 yield from ready()
         finally:
             produced.close()  # stops ffmpeg at once when the work was abandoned
+            with closing:
+                # A generation that finishes from now on queues no alignment (the worker checks this flag).
+                abandoned.set()
             for future in futures:
                 future.cancel()  # no-op for finished ones
             for engine_future in list(submitted):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import current_app
 
-from app.backends import Aligner, Backend
+from app.backends import Aligner, AlignerDownloading, Backend
 from app.checkpoints import DownloadProgress
 from app.engine import Engine
 from app.jobs import JobRunner, JobStore
@@ -16,6 +18,8 @@ from app.pipeline import Pipeline
 from app.settings import Settings
 from app.storage import DiskGuard
 from app.vad import SpeechModel
+
+log = logging.getLogger(__name__)
 
 BackendLoader = Callable[[], Backend]
 
@@ -79,12 +83,46 @@ def aligner_loader(settings: Settings, download: DownloadProgress) -> Callable[[
     if not settings.aligner_enabled:
         return None
 
-    def load() -> Aligner:
-        from app.backends.qwen3_aligner import Qwen3Aligner
+    own = replace(settings, checkpoint_path=settings.aligner)
+    lock = threading.Lock()
+    found: list[str] = []
+    failed: list[Exception] = []
+    fetching: list[threading.Thread] = []
+
+    def fetch() -> None:
         from app.checkpoints import resolve
 
-        # Found, checked and downloaded exactly as the model is, under its own name.
-        return Qwen3Aligner.load(settings, resolve(replace(settings, checkpoint_path=settings.aligner), download))
+        try:
+            found.append(resolve(own, download))
+        except Exception as exc:  # reported by the next load, which marks the aligner failed
+            log.exception("aligner download failed")
+            failed.append(exc)
+
+    def where() -> str:
+        """The aligner's local directory; a download runs in the background, never on the inference worker."""
+        from app.checkpoints import cached_snapshot, is_local, resolve
+
+        with lock:
+            if found:
+                return found[0]
+            if is_local(settings.aligner) or settings.local_model:
+                found.append(resolve(own, download))  # on disk, or refused: no network either way
+                return found[0]
+            if (snapshot := cached_snapshot(settings.aligner)) is not None:
+                found.append(str(snapshot))
+                return found[0]
+            if failed:
+                raise failed.pop()
+            if not fetching or not fetching[-1].is_alive():
+                fetching.append(threading.Thread(target=fetch, name="aligner-download", daemon=True))
+                fetching[-1].start()
+            raise AlignerDownloading(f"downloading {settings.aligner}: word times are estimated until it is here")
+
+    def load() -> Aligner:
+        from app.backends.qwen3_aligner import Qwen3Aligner
+
+        # Found, checked and downloaded as the model is, under its own name.
+        return Qwen3Aligner.load(settings, where())
 
     return load
 

@@ -192,6 +192,10 @@ class AlignmentRequest:
 Alignment = list[tuple[str, float, float]] | None
 
 
+class AlignerDownloading(Exception):
+    """The aligner's checkpoint is being downloaded (in the background): word times are estimated meanwhile."""
+
+
 class BackendOutOfMemory(Exception):
     """The accelerator ran out of memory for this batch; a smaller one may fit."""
 

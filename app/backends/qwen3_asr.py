@@ -98,13 +98,19 @@ class Qwen3AsrBackend(QwenOmniBackend):
             audio=[_at_least(r.samples, MIN_SAMPLES) for r in batch],
             # A language outside the model's table is left to its own identification.
             language=[r.language if r.language in self._names else None for r in batch],
-            prompt=[r.prompt or None for r in batch],
+            # Client context loses the template's special tokens, as Omni prompts do: an audio placeholder in it
+            # would take another row's audio and fail the whole batch.
+            prompt=[self._context(r.prompt) for r in batch],
             processor_kwargs={"padding_side": "left"},
         )
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
         return inputs
+
+    def _context(self, prompt: str | None) -> str | None:
+        text = self._special.sub("", prompt) if prompt and self._special is not None else prompt
+        return text or None
 
     def _result(self, ids: list[int], limit: int, looped: bool, prompt_tokens: int = 0) -> GenerationResult:
         """Decode one row: the text after the model's language tag, and that language as a code."""

@@ -100,8 +100,8 @@ class TranscribeOptions(BaseModel):
     )
     max_new_tokens: MaxNewTokens = Field(
         8192,
-        description="Most tokens generated per segment; a runaway guard also caps each segment at 8 tokens per "
-        "second of audio plus 32.",
+        description="Most tokens generated per segment; a runaway guard also caps each transcribed segment at 15 "
+        "tokens per second of audio plus 32.",
     )
     temperature: Temperature = Field(0.1, description="Sampling temperature; 0 is greedy decoding.")
     repetition_penalty: float = Field(
@@ -432,7 +432,10 @@ class AlignerHealth(Shape):
 
     checkpoint: str
     state: Literal["unloaded", "loading", "loaded", "error"]
-    error: str | None = Field(description="Why the last load failed (word times are estimated meanwhile).")
+    error: str | None = Field(
+        description="Why the last load failed, or (state loading) that it is being downloaded; word times are "
+        "estimated meanwhile."
+    )
     loads: int = Field(ge=0)
 
 

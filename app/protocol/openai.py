@@ -92,7 +92,10 @@ class VerboseTranscription(Shape):
     OMITTED = ("segments", "words")
 
     task: Literal["transcribe"] = "transcribe"
-    language: str | None = Field(description="The language asked for, as an English name; null when none was.")
+    language: str | None = Field(
+        description="The language asked for, else the one the model identified (Qwen3-ASR variants), as an "
+        "English name in lower case; null when neither."
+    )
     duration: float = Field(ge=0)
     text: str
     segments: list[VerboseSegment] | SkipJsonSchema[None] = Field(None, exclude_if=absent)

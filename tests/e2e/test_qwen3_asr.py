@@ -1,7 +1,7 @@
 """The Qwen3-ASR variant on every endpoint: a tiny Qwen3ASRForConditionalGeneration served through the CLI.
 
 Its weights are random, so it never names a language of its own: identification is covered where the output
-is parsed (tests/unit/test_qwen3_asr.py); here the forced language, the prompt as context, chat's refusal and
+is parsed (tests/unit/test_qwen3_asr_output.py); here the forced language, the prompt as context, chat's refusal and
 every format are.
 """
 

@@ -222,7 +222,10 @@ def test_a_completed_jobs_result_in_every_format(server: Server) -> None:
     assert text.text == status["transcription"] + "\n"
     assert requests.get(url, timeout=10).text == text.text  # txt is the default
 
-    body = requests.get(url, params={"format": "json"}, timeout=10).json()
+    as_json = requests.get(url, params={"format": "json"}, timeout=10)
+    assert as_json.headers["Content-Disposition"] == "attachment; filename=jfk.json"
+    assert as_json.headers["Content-Type"].startswith("application/json")
+    body = as_json.json()
     assert body["transcription"] == status["transcription"] and body["segments"] == status["segments"]
     with_words = requests.get(url, params={"format": "json", "word_timestamps": "true"}, timeout=10).json()
     assert all(s["words"] for s in with_words["segments"])

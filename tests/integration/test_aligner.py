@@ -284,3 +284,40 @@ def test_alignments_go_before_the_generations_queued_ahead_of_them() -> None:
         assert order == ["generate 2", "align 2", "generate 2", "generate 2"]
     finally:
         engine.stop()
+
+
+def test_a_downloading_aligner_holds_up_nothing(
+    settings: Settings, tiny_aligner: Path, monkeypatch: pytest.MonkeyPatch, engine_with: Callable[..., Engine]
+) -> None:
+    """The aligner's download runs beside the worker: meanwhile words are estimated and generation goes on."""
+    import app.checkpoints
+    import app.engine
+
+    gate = threading.Event()
+    real_resolve = app.checkpoints.resolve
+
+    def slow_download(own: Settings, progress: DownloadProgress) -> str:
+        if own.checkpoint_path != "Qwen/Qwen3-ForcedAligner-0.6B-hf":
+            return real_resolve(own, progress)  # the model itself: on disk
+        gate.wait(60)  # a download that takes as long as the test wants
+        return str(tiny_aligner)
+
+    monkeypatch.setattr(app.checkpoints, "resolve", slow_download)
+    monkeypatch.setattr(app.checkpoints, "cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(app.engine, "ALIGNER_POLL_SECONDS", 0.1)
+    hub = replace(settings, aligner="Qwen/Qwen3-ForcedAligner-0.6B-hf", local_model=False)
+    engine = engine_with(aligner_loader(hub, DownloadProgress()))
+
+    started = time.monotonic()
+    assert engine.submit_alignments([AlignmentRequest(speech(1.0), "hi", "en")])[0].result(timeout=30) is None
+    assert engine.submit([request()])[0].result(timeout=60).text is not None
+    assert time.monotonic() - started < 30
+    status = engine.aligner_status()
+    assert status is not None and status["state"] == "loading" and "downloading" in status["error"]
+
+    gate.set()
+    aligned = wait_for(
+        lambda: engine.submit_alignments([AlignmentRequest(speech(1.0), "hi", "en")])[0].result(timeout=30),
+        timeout=30,
+    )
+    assert aligned is not None and engine.aligner_status() == {"state": "loaded", "error": None, "loads": 1}

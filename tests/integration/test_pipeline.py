@@ -92,3 +92,26 @@ def test_a_file_corrupt_midway_fails_cleanly(tmp_path: Path) -> None:
         assert engine.status()["pending_segments"] == 0
     finally:
         engine.stop(timeout=10)
+
+
+def test_a_failure_finishing_a_segment_fails_the_request_rather_than_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What runs as a segment's result arrives (here the Traditional Chinese conversion) fails it, clearly."""
+    import app.pipeline
+    from app.errors import InferenceFailed
+
+    def broken(texts: list[str]) -> list[str]:
+        raise RuntimeError("conversion data missing")
+
+    monkeypatch.setattr(app.pipeline, "to_traditional", broken)
+    backend = GatedBackend()
+    backend.gate.set()
+    engine = Engine(lambda: backend, idle_timeout=0, batch_size=4)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InferenceFailed, match="conversion data missing"):
+            Pipeline(engine).transcribe(JFK, TranscribeOptions(enable_s2t=True))
+        assert time.monotonic() - started < 30
+    finally:
+        engine.stop()
