@@ -15,6 +15,7 @@ import pytest
 import requests
 import srt
 
+from app.words import text_words
 from tests.support import JFK, Server, build_tiny, post, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +50,9 @@ def test_native_json_and_text(asr: Server, language: str | None) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "success" and body["duration"] == pytest.approx(11.0, abs=0.05)
-    assert len(body["segments"]) >= 2 and all(s["words"] for s in body["segments"] if s["text"].strip())
+    # Every segment whose text has a word (random weights also write runs of "/") carries its words.
+    assert len(body["segments"]) >= 2
+    assert all(bool(s["words"]) == bool(text_words(s["text"])) for s in body["segments"])
     # Random weights identify nothing, so the transcript's language is the one asked for, if any.
     assert body["language"] == language
     text = post(asr, "/transcribe", JFK, prompt="Kennedy, Americans", **FAST)

@@ -15,6 +15,7 @@ import pytest
 import requests
 import srt
 
+from app.words import text_words
 from tests.support import AISHELL, JFK, LIBRISPEECH, RECORDINGS, Server, assert_error, make_audio, post, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -192,6 +193,9 @@ def test_word_timestamps_on_the_json_route(server: Server) -> None:
     assert len(body["segments"]) >= 2
     for segment in body["segments"]:
         floor = segment["start"]
+        if not text_words(segment["text"]):  # random weights also write runs of "/": no word to time
+            assert segment["words"] == []
+            continue
         assert segment["words"] and set(segment["words"][0]) == {"word", "start", "end"}
         for word in segment["words"]:
             assert floor <= word["start"] <= word["end"] <= segment["end"], (word, segment)
@@ -228,7 +232,7 @@ def test_a_completed_jobs_result_in_every_format(server: Server) -> None:
     body = as_json.json()
     assert body["transcription"] == status["transcription"] and body["segments"] == status["segments"]
     with_words = requests.get(url, params={"format": "json", "word_timestamps": "true"}, timeout=10).json()
-    assert all(s["words"] for s in with_words["segments"])
+    assert all(bool(s["words"]) == bool(text_words(s["text"])) for s in with_words["segments"])
 
     subrip = requests.get(url, params={"format": "srt"}, timeout=10)
     assert subrip.headers["Content-Disposition"] == "attachment; filename=jfk.srt"

@@ -15,6 +15,7 @@ import pytest
 import requests
 import srt
 
+from app.words import text_words
 from tests.support import JFK, Server, build_tiny, post, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +40,9 @@ def aligner_health(server: Server) -> Any:
 
 def check_words(segment: dict[str, Any]) -> None:
     """The segment's words: its text word by word as written, in order, inside it."""
+    if not text_words(segment["text"]):  # random weights also write runs of "/": no word to time
+        assert segment["words"] == []
+        return
     assert segment["words"], segment
     floor = segment["start"]
     for word in segment["words"]:
@@ -80,7 +84,10 @@ def test_a_jobs_words_time_its_subtitles(aligned: Server) -> None:
     for segment in body["segments"]:
         check_words(segment)
     starts = {round(w["start"], 3) for s in body["segments"] for w in s["words"]}
+    # A segment without words (random weights also write runs of "/") shows its text from its start.
+    starts |= {round(s["start"], 3) for s in body["segments"] if not s["words"]}
     ends = [round(w["end"], 3) for s in body["segments"] for w in s["words"]]
+    ends += [round(s["end"], 3) for s in body["segments"] if not s["words"]]
     cues = list(srt.parse(requests.get(url, params={"format": "srt"}, timeout=10).text))
     assert cues
     for k, cue in enumerate(cues):

@@ -34,7 +34,7 @@ from app.pipeline import Pipeline
 from app.protocol.native import TranscribeOptions
 from app.services import aligner_loader, real_loader
 from app.settings import Settings
-from app.words import text_words, words_of
+from app.words import text_words, words_of, written
 from tests.integration.test_engine import PARAMS, request, wait_for
 from tests.support import JFK, build_tiny
 
@@ -185,7 +185,7 @@ def test_an_aligner_that_fails_to_load_leaves_the_words_estimated(
     for segment in transcript.segments:
         assert segment.words == ()  # nothing aligned
         words = words_of(segment)  # so the estimate over the segment's speech times them
-        assert [w.text for w in words] == [segment.text[w.start : w.end] for w in text_words(segment.text)]
+        assert [w.text for w in words] == [written(segment.text, w) for w in text_words(segment.text)]
         times = [t for w in words for t in (w.start, w.end)]
         assert times == sorted(times)
         assert all(segment.start <= t <= segment.end for t in times)
@@ -210,7 +210,7 @@ def test_the_pipeline_aligns_only_when_asked(settings: Settings, engine_with: Ca
             continue
         assert segment.words, f"segment {segment.index} was not aligned"
         # Written as in the transcript (punctuation kept), in order, inside the segment.
-        assert [w.text for w in segment.words] == [segment.text[w.start : w.end] for w in text_words(segment.text)]
+        assert [w.text for w in segment.words] == [written(segment.text, w) for w in text_words(segment.text)]
         times = [t for w in segment.words for t in (w.start, w.end)]
         assert times == sorted(times)
         assert segment.start - 1e-6 <= times[0] and times[-1] <= segment.end + 1e-6

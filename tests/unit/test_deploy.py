@@ -339,6 +339,13 @@ def test_every_compose_variable_has_a_default_documented_in_env_example() -> Non
         assert documented[name] == values.pop(), f"{name}: .env.example and compose defaults differ"
 
 
+def test_every_setting_in_env_example_reaches_the_services() -> None:
+    """A variable .env.example offers must be passed into the containers, or setting it does nothing."""
+    compose = (ROOT / "docker-compose.yml").read_text()
+    unset = [name for name in env_example() if name.startswith("ASR_") and f"{name}:" not in compose]
+    assert unset == []
+
+
 def test_env_example_documents_every_setting() -> None:
     """Each ASR_* setting and the Hugging Face variables appear in .env.example, each KEY=VALUE with a comment."""
     text = ENV_EXAMPLE.read_text()
