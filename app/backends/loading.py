@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from app.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # Modules AutoAWQ leaves in fp16 in Qwen2.5-Omni checkpoints, in transformers 5 module names.
@@ -63,6 +65,26 @@ def thinker_loading(
         config.quantization_config = quant
         return config, {"quantization_config": CompressedTensorsConfig(dequantize=True)}, "compressed-tensors"
     raise ValueError(f"unsupported quantization method {method!r} in {checkpoint}; expected awq or compressed-tensors")
+
+
+def load_dtype(device: str) -> Any:
+    """The dtype to load weights in: on CUDA the checkpoint's own (bf16 for full weights, fp16 for AWQ), fp16
+    on MPS, fp32 on CPU (whose kernels want it)."""
+    import torch
+
+    return {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+
+
+def attention(settings: Settings, device: str) -> str:
+    """flash_attention_2 when asked for and available on CUDA, else sdpa (with a warning if it was asked for)."""
+    from transformers.utils.import_utils import is_flash_attn_2_available
+
+    if not settings.flash_attn2:
+        return "sdpa"
+    if device == "cuda" and is_flash_attn_2_available():
+        return "flash_attention_2"
+    log.warning("flash_attention_2 is not available here; using sdpa")
+    return "sdpa"
 
 
 def complete(loaded: Any, checkpoint: str) -> Any:

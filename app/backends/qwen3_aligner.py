@@ -22,7 +22,7 @@ from typing import Any
 
 from app.audio import SAMPLE_RATE
 from app.backends import MAX_ALIGN_SECONDS, Alignment, AlignmentRequest, BackendOutOfMemory
-from app.backends.loading import complete
+from app.backends.loading import complete, load_dtype
 from app.devices import resolve_device
 from app.settings import Settings
 
@@ -52,11 +52,10 @@ class Qwen3Aligner:
     @classmethod
     def load(cls, settings: Settings, checkpoint: str) -> Qwen3Aligner:
         """Load the aligner from a local checkpoint directory onto the configured device."""
-        import torch
         from transformers import AutoProcessor, Qwen3ASRForTokenClassification
 
         device = resolve_device(settings.device)
-        dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+        dtype = load_dtype(device)
         processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
         loaded = Qwen3ASRForTokenClassification.from_pretrained(
             checkpoint, dtype=dtype, device_map=device, local_files_only=True, output_loading_info=True

@@ -21,13 +21,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from app.backends import GenerationRequest, GenerationResult
-from app.backends.loading import complete
+from app.backends import GenerationRequest
+from app.backends.loading import attention, complete, load_dtype
 from app.backends.qwen_omni import MIN_SAMPLES, QwenOmniBackend, _at_least
-from app.backends.stopping import row_output, trim_repetition
 from app.devices import resolve_device
 from app.settings import Settings
-from app.transcript import StopReason
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +62,11 @@ class Qwen3AsrBackend(QwenOmniBackend):
     @classmethod
     def load(cls, settings: Settings, checkpoint: str) -> Qwen3AsrBackend:
         """Load processor and model from a local checkpoint directory onto the configured device."""
-        import torch
         from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
-        from transformers.utils.import_utils import is_flash_attn_2_available
 
         device = resolve_device(settings.device)
-        attn = "sdpa"
-        if settings.flash_attn2:
-            if device == "cuda" and is_flash_attn_2_available():
-                attn = "flash_attention_2"
-            else:
-                log.warning("flash_attention_2 is not available here; using sdpa")
-        dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+        attn = attention(settings, device)
+        dtype = load_dtype(device)
         processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
         loaded = Qwen3ASRForConditionalGeneration.from_pretrained(
             checkpoint,
@@ -112,11 +103,6 @@ class Qwen3AsrBackend(QwenOmniBackend):
         text = self._special.sub("", prompt) if prompt and self._special is not None else prompt
         return text or None
 
-    def _result(self, ids: list[int], limit: int, looped: bool, prompt_tokens: int = 0) -> GenerationResult:
-        """Decode one row: the text after the model's language tag, and that language as a code."""
-        ids, ended = row_output(ids, self._eos, limit)
-        reason: StopReason = "eos" if ended and not looped else "max_tokens"
-        if looped and (trimmed := trim_repetition(ids)) is not None:
-            ids, reason = trimmed, "repetition"
-        text, language = split_output(self._decode(ids))
-        return GenerationResult(text, reason, len(ids), prompt_tokens, language)
+    def _split(self, output: str) -> tuple[str, str | None]:
+        """The text after the model's language tag, and that language as a code."""
+        return split_output(output)

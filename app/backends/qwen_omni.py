@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, printable
-from app.backends.loading import complete, thinker_loading
+from app.backends.loading import attention, complete, load_dtype, thinker_loading
 from app.backends.stopping import (
     RepetitionLoop,
     RowTokenLimits,
@@ -87,20 +87,13 @@ class QwenOmniBackend:
         import torch
         import transformers
         from transformers import AutoProcessor
-        from transformers.utils.import_utils import is_flash_attn_2_available
 
         variant = settings.model_variant
         thinker_class = getattr(transformers, variant.thinker_class)
 
         device = resolve_device(settings.device)
-        attn = "sdpa"
-        if settings.flash_attn2:
-            if device == "cuda" and is_flash_attn_2_available():
-                attn = "flash_attention_2"
-            else:
-                log.warning("flash_attention_2 is not available here; using sdpa")
-        # On CUDA keep the checkpoint's own dtype (bf16 for full weights, fp16 for AWQ); CPU kernels want fp32.
-        dtype: Any = {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
+        attn = attention(settings, device)
+        dtype = load_dtype(device)
         # The files are on disk already (app.checkpoints found or downloaded them): nothing here goes online.
         processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)  # type: ignore[no-untyped-call]
         config, quant_kwargs, weights = thinker_loading(thinker_class, checkpoint, local_files_only=True, device=device)
@@ -225,7 +218,12 @@ class QwenOmniBackend:
         reason: StopReason = "eos" if ended and not looped else "max_tokens"
         if looped and (trimmed := trim_repetition(ids)) is not None:
             ids, reason = trimmed, "repetition"
-        return GenerationResult(self._decode(ids).strip(), reason, len(ids), prompt_tokens)
+        text, language = self._split(self._decode(ids))
+        return GenerationResult(text, reason, len(ids), prompt_tokens, language)
+
+    def _split(self, output: str) -> tuple[str, str | None]:
+        """The transcript in a decoded output, and the language the model named in it (the Omni models name none)."""
+        return output.strip(), None
 
     def _decode(self, ids: list[int]) -> str:
         """Text of new token ids, special tokens and control characters left out (results and streamed pieces alike)."""
