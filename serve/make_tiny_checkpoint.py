@@ -11,6 +11,11 @@ checkpoints. Its transcripts are gibberish.
 instead: a Qwen3ASRForConditionalGeneration (ASR) or Qwen3ASRForTokenClassification (forced aligner) with
 flat `model.`-prefixed weights, and a Qwen3ASRProcessor (tokenizer with <asr_text> / <timestamp>, the
 Qwen3-ASR feature extractor, each model's chat template).
+
+--layout released writes a Qwen-Omni checkpoint in the file layout that the released Qwen2.5-Omni and Qwen3-Omni
+repositories ship, older than what this transformers version saves: one flat preprocessor_config.json (feature
+extractor and image processor keys side by side, min_pixels/max_pixels), chat_template.json, vocab.json and
+merges.txt beside tokenizer.json, and the weights in shards with a model.safetensors.index.json.
 """
 
 from __future__ import annotations
@@ -248,6 +253,42 @@ def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0, quant
         data["quantization_config"] = quant
         (out_dir / "config.json").write_text(json.dumps(data, indent=2))
     save_file(prefixed, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+LAYOUTS = ("native", "released")
+
+
+def to_released_layout(out_dir: Path, shards: int = 2) -> None:
+    """Rewrite a Qwen-Omni checkpoint written by build() into the released repositories' older file layout."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    processor = json.loads((out_dir / "processor_config.json").read_text())
+    image = dict(processor["image_processor"])
+    size = image.pop("size")
+    # The released files predate `size`: they name the pixel bounds the image and video processors still accept.
+    flat = {**processor["feature_extractor"], **image, "min_pixels": size["shortest_edge"]}
+    flat.update(max_pixels=size["longest_edge"], processor_class=processor["processor_class"])
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(flat, indent=2, sort_keys=True))
+    (out_dir / "processor_config.json").unlink()
+    template = out_dir / "chat_template.jinja"
+    (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}, indent=2))
+    template.unlink()
+    AutoTokenizer.from_pretrained(out_dir).backend_tokenizer.model.save(str(out_dir))
+
+    state = load_file(str(out_dir / "model.safetensors"))
+    metadata = {"format": "pt"}
+    names = sorted(state)
+    weight_map: dict[str, str] = {}
+    for i in range(shards):
+        shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: state[n] for n in names[i::shards]}
+        save_file(part, str(out_dir / shard), metadata=metadata)
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (out_dir / "model.safetensors").unlink()
 
 
 # The text decoder's Linear layers, the only ones AutoAWQ quantizes in Qwen2.5-Omni (towers stay fp16).
@@ -549,15 +590,27 @@ def main() -> None:
         default="none",
         help="weight format: AWQ as AutoAWQ writes it (Qwen2.5-Omni), or compressed-tensors as llm-compressor does",
     )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="native",
+        help="native: the files this transformers version saves; released: the older files the Qwen-Omni repos ship",
+    )
     args = parser.parse_args()
     if args.family in ASR_FAMILIES:
         if args.quantization != "none":
             parser.error(f"--family {args.family} has no quantized layout (use --quantization none)")
+        if args.layout != "native":
+            # The "-hf" Qwen3-ASR and aligner repositories were published in this transformers layout.
+            parser.error(f"--family {args.family} is released in the native layout only")
         build_asr(args.out_dir, args.family, args.seed)
     else:
         build(args.out_dir, args.family, args.seed, args.quantization)
+        if args.layout == "released":
+            to_released_layout(args.out_dir)
     size = sum(p.stat().st_size for p in args.out_dir.iterdir() if p.is_file())
-    print(f"wrote a tiny {args.family} ({args.quantization}) checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
+    kind = f"{args.family} ({args.quantization}, {args.layout} layout)"
+    print(f"wrote a tiny {kind} checkpoint to {args.out_dir} ({size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":
