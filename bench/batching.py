@@ -141,15 +141,12 @@ def make_audio(source: Path, seconds: float, out: Path) -> Path:
 
 
 def full_size_config(tiny_thinker: Any) -> Any:
-    """Qwen2.5-Omni-7B thinker shapes with the tiny checkpoint's token ids (so its processor drives it).
-
-    The shapes are transformers' defaults, Qwen2_5OmniThinkerConfig() (written from the 7B checkpoint),
-    except two fields where those defaults differ from the released config.json: the vision tower is 1280
-    wide there (the default, 3584, would add 2.4 B unused parameters and skew the memory figures), and the
-    text model does not tie its embeddings. Everything the audio path computes with is the 7B's: 28 decoder
-    layers of 3584, GQA 28/4 heads, MLP 18944, vocabulary 152064, the 32-layer 1280-wide audio encoder.
-    """
+    """Qwen2.5-Omni-7B thinker shapes (bench/full_shapes.py) with the tiny checkpoint's token ids (so its
+    processor drives it): 28 decoder layers of 3584, GQA 28/4 heads, MLP 18944, vocabulary 152064, the 32-layer
+    1280-wide audio encoder, the 1280-wide vision tower and an untied head, as in the released config.json."""
     from transformers import Qwen2_5OmniThinkerConfig
+
+    from bench.full_shapes import OMNI_7B
 
     # Every special-token id the thinker reads (audio, image and video placeholders, their start/end
     # markers, which get_rope_index needs even for audio-only input, and the user turn).
@@ -157,13 +154,9 @@ def full_size_config(tiny_thinker: Any) -> Any:
     tokens = {k: v for k, v in source.items() if k.endswith(("_token_id", "_token_index")) and v is not None}
     text = tiny_thinker.text_config
     return Qwen2_5OmniThinkerConfig(
-        text_config={
-            "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-            "eos_token_id": text.eos_token_id,
-            "pad_token_id": text.pad_token_id,
-        },
-        vision_config={"hidden_size": 1280},
+        text_config={**OMNI_7B["text_config"], "eos_token_id": text.eos_token_id, "pad_token_id": text.pad_token_id},
+        audio_config=OMNI_7B["audio_config"],
+        vision_config=OMNI_7B["vision_config"],
         **tokens,
     )
 

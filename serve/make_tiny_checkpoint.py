@@ -203,11 +203,35 @@ def thinker_config(name: str, ids: dict[str, int], vocab_size: int) -> dict[str,
     return {"text_config": text, "audio_config": audio, "vision_config": vision, **tokens}
 
 
-def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0, quantization: str = "none") -> None:
-    """Write the checkpoint into out_dir."""
+# Sub-config fields to override, per sub-config ("text_config", "audio_config", "vision_config", and "model" for the
+# top level): bench/gpu_check.py writes checkpoints of the released models' full shapes with the same code.
+Shapes = dict[str, dict[str, Any]]
+
+
+def _reshaped(config: dict[str, Any], shapes: Shapes | None) -> dict[str, Any]:
+    """The config dict with the given sub-config fields replaced."""
+    out = dict(config)
+    for part, fields in (shapes or {}).items():
+        if part == "model":
+            out.update(fields)
+        else:
+            out[part] = {**out[part], **fields}
+    return out
+
+
+def build(
+    out_dir: Path,
+    family_name: str = "qwen2.5-omni",
+    seed: int = 0,
+    quantization: str = "none",
+    shapes: Shapes | None = None,
+    device: str = "cpu",
+    dtype: Any = None,
+) -> None:
+    """Write the checkpoint into out_dir (random weights initialised on `device`, in `dtype`, fp32 by default)."""
     import torch
     import transformers
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import Qwen2VLImageProcessor, WhisperFeatureExtractor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -233,26 +257,56 @@ def build(out_dir: Path, family_name: str = "qwen2.5-omni", seed: int = 0, quant
     )
     processor.save_pretrained(out_dir)
 
-    thinker = getattr(transformers, family.thinker_config_class)(**thinker_config(family_name, ids, len(tokenizer)))
+    thinker_fields = _reshaped(thinker_config(family_name, ids, len(tokenizer)), shapes)
+    thinker = getattr(transformers, family.thinker_config_class)(**thinker_fields)
     torch.manual_seed(seed)
-    model = getattr(transformers, family.thinker_class)(thinker)
+    with torch.device(device):
+        model = getattr(transformers, family.thinker_class)._from_config(thinker, dtype=dtype or torch.float32)
     config = getattr(transformers, family.config_class)(
         thinker_config=thinker.to_dict(), talker_config=talker_config(family_name, ids), enable_audio_output=False
     )
     config.save_pretrained(out_dir)
     # save_pretrained writes the released layout (transformers reverses its own load-time renames, and
     # unfuses MoE experts); the released checkpoints then put the thinker under "thinker.".
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         model.save_pretrained(tmp)
-        state = load_file(str(Path(tmp) / "model.safetensors"))
+        del model
+        state: dict[str, Any] = {}
+        for shard in sorted(Path(tmp).glob("*.safetensors")):
+            state.update(load_file(str(shard)))
     prefixed = {f"thinker.{k}": v for k, v in state.items()}
     if quantization != "none":
-        prefixed, quant = QUANTIZERS[quantization](prefixed)
+        prefixed, quant = QUANTIZERS[quantization](prefixed, device)
         # Both AutoAWQ and llm-compressor write the quantization config on the full model's config.
         data = json.loads((out_dir / "config.json").read_text())
         data["quantization_config"] = quant
         (out_dir / "config.json").write_text(json.dumps(data, indent=2))
-    save_file(prefixed, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(prefixed, out_dir)
+
+
+# The released repositories keep shards under 5 GB (4 GB for the Omni ones).
+SHARD_BYTES = 4 * 1024**3
+
+
+def save_weights(state: dict[str, Any], out_dir: Path, shards: int | None = None) -> None:
+    """One model.safetensors, or `shards` files (enough to keep each under SHARD_BYTES) with an index."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "pt"}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    count = shards or -(-total // SHARD_BYTES)
+    if count <= 1:
+        save_file(state, str(out_dir / "model.safetensors"), metadata=metadata)
+        return
+    names = sorted(state)
+    weight_map: dict[str, str] = {}
+    for i in range(count):
+        shard = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+        part = {n: state[n] for n in names[i::count]}
+        save_file(part, str(out_dir / shard), metadata=metadata)
+        weight_map.update(dict.fromkeys(part, shard))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 LAYOUTS = ("native", "released")
@@ -260,7 +314,7 @@ LAYOUTS = ("native", "released")
 
 def to_released_layout(out_dir: Path, shards: int = 2) -> None:
     """Rewrite a Qwen-Omni checkpoint written by build() into the released repositories' older file layout."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     processor = json.loads((out_dir / "processor_config.json").read_text())
@@ -277,18 +331,8 @@ def to_released_layout(out_dir: Path, shards: int = 2) -> None:
     AutoTokenizer.from_pretrained(out_dir).backend_tokenizer.model.save(str(out_dir))
 
     state = load_file(str(out_dir / "model.safetensors"))
-    metadata = {"format": "pt"}
-    names = sorted(state)
-    weight_map: dict[str, str] = {}
-    for i in range(shards):
-        shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: state[n] for n in names[i::shards]}
-        save_file(part, str(out_dir / shard), metadata=metadata)
-        weight_map.update(dict.fromkeys(part, shard))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (out_dir / "model.safetensors").unlink()
+    save_weights(state, out_dir, shards)
 
 
 # The text decoder's Linear layers, the only ones AutoAWQ quantizes in Qwen2.5-Omni (towers stay fp16).
@@ -298,26 +342,18 @@ AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 AWQ_GROUP = 32
 
 
-def awq_quantize(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pack the decoder's Linear weights as AutoAWQ GEMM does (qweight, qzeros, scales); the rest in fp16."""
-    import torch
+def awq_quantize(state: dict[str, Any], device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pack the decoder's Linear weights as AutoAWQ GEMM does (qweight, qzeros, scales); the rest in fp16.
+
+    The arithmetic runs on `device` (a 7B decoder takes seconds on a GPU); the results come back to the CPU.
+    """
 
     out: dict[str, Any] = {}
     for key, weight in state.items():
         if not AWQ_TARGET.match(key):
             out[key] = weight.half() if weight.is_floating_point() else weight
             continue
-        rows, cols = weight.shape  # out_features, in_features
-        groups = weight.float().reshape(rows, cols // AWQ_GROUP, AWQ_GROUP)
-        low, high = groups.amin(-1), groups.amax(-1)
-        scales = ((high - low).clamp(min=1e-5) / 15).half()
-        zeros = (-low / scales.float()).round().clamp(0, 15)
-        q = (groups / scales.float()[..., None] + zeros[..., None]).round().clamp(0, 15).to(torch.int32)
-        q = q.reshape(rows, cols).t().contiguous()  # [in, out]
-        z = zeros.to(torch.int32).t().contiguous()  # [in / group, out]
-        base = key[: -len(".weight")]
-        out[f"{base}.qweight"], out[f"{base}.qzeros"] = _awq_pack(q), _awq_pack(z)
-        out[f"{base}.scales"] = scales.t().contiguous()
+        out.update(_awq_linear(key[: -len(".weight")], weight.to(device)))
     # What AutoAWQ writes for the official checkpoint, "visual"-only exclusion list included.
     quant = {
         "bits": 4, "group_size": AWQ_GROUP, "modules_to_not_convert": ["visual"],
@@ -326,12 +362,29 @@ def awq_quantize(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return out, quant
 
 
+def _awq_linear(base: str, weight: Any) -> dict[str, Any]:
+    """One [out, in] matrix as AutoAWQ GEMM's qweight, qzeros and scales, on the CPU."""
+    import torch
+
+    rows, cols = weight.shape  # out_features, in_features
+    groups = weight.float().reshape(rows, cols // AWQ_GROUP, AWQ_GROUP)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scales = ((high - low).clamp(min=1e-5) / 15).half()
+    zeros = (-low / scales.float()).round().clamp(0, 15)
+    q = (groups / scales.float()[..., None] + zeros[..., None]).round().clamp(0, 15).to(torch.int32)
+    q = q.reshape(rows, cols).t().contiguous()  # [in, out]
+    z = zeros.to(torch.int32).t().contiguous()  # [in / group, out]
+    packed = {f"{base}.qweight": _awq_pack(q), f"{base}.qzeros": _awq_pack(z), f"{base}.scales": scales.t()}
+    return {k: v.contiguous().cpu() for k, v in packed.items()}
+
+
 def _awq_pack(values: Any) -> Any:
     """Eight 4-bit columns per int32, in AutoAWQ's interleaved order."""
     import torch
 
     lanes = values.reshape(values.shape[0], -1, 8)[..., AWQ_ORDER]
-    return (lanes << (torch.arange(8, dtype=torch.int32) * 4)).sum(-1, dtype=torch.int32)
+    shifts = torch.arange(8, dtype=torch.int32, device=values.device) * 4
+    return (lanes << shifts).sum(-1, dtype=torch.int32)
 
 
 # The MoE decoder's attention and expert projections, the layers llm-compressor quantizes in Qwen3-Omni.
@@ -377,8 +430,9 @@ def compressed_tensors_quantize(state: dict[str, Any], bits: int) -> tuple[dict[
 
 QUANTIZERS = {
     "awq": awq_quantize,
-    "compressed-tensors": lambda state: compressed_tensors_quantize(state, 8),
-    "compressed-tensors-4bit": lambda state: compressed_tensors_quantize(state, 4),
+    # llm-compressor's packing runs on the CPU, whatever the device.
+    "compressed-tensors": lambda state, device="cpu": compressed_tensors_quantize(state, 8),
+    "compressed-tensors-4bit": lambda state, device="cpu": compressed_tensors_quantize(state, 4),
 }
 
 
@@ -490,7 +544,7 @@ ASR_FAMILIES = {
 }
 
 
-def asr_config(family: AsrFamily, ids: dict[str, int], vocab_size: int) -> Any:
+def asr_config(family: AsrFamily, ids: dict[str, int], vocab_size: int, shapes: Shapes | None = None) -> Any:
     """A tiny Qwen3ASRConfig: Qwen3 text model of width 32 (2 layers), audio encoder of width 32 (2 layers).
 
     n_window stays 50 (100 mel frames, 1 s, per conv chunk, 13 audio tokens each): the processor and the
@@ -528,21 +582,29 @@ def asr_config(family: AsrFamily, ids: dict[str, int], vocab_size: int) -> Any:
         "max_position_embeddings": 13,
     }
     extra: dict[str, Any] = {"num_labels": family.num_labels} if aligner else {}
-    return Qwen3ASRConfig(
-        audio_config=audio,
-        text_config=text,
-        audio_token_id=ids["audio_token"],
-        timestamp_token_id=ids["<timestamp>"],
+    fields = {
+        "audio_config": audio,
+        "text_config": text,
+        "audio_token_id": ids["audio_token"],
+        "timestamp_token_id": ids["<timestamp>"],
         # As released: pad = <|im_end|>, eos = (<|endoftext|>, <|im_end|>).
-        pad_token_id=ids["eos"],
-        eos_token_id=[ids["pad"], ids["eos"]],
-        tie_word_embeddings=not aligner,
+        "pad_token_id": ids["eos"],
+        "eos_token_id": [ids["pad"], ids["eos"]],
+        "tie_word_embeddings": not aligner,
         **extra,
-    )
+    }
+    return Qwen3ASRConfig(**_reshaped(fields, shapes))
 
 
-def build_asr(out_dir: Path, family_name: str, seed: int = 0) -> None:
-    """Write a tiny Qwen3-ASR or Qwen3-ForcedAligner checkpoint into out_dir."""
+def build_asr(
+    out_dir: Path,
+    family_name: str,
+    seed: int = 0,
+    shapes: Shapes | None = None,
+    device: str = "cpu",
+    dtype: Any = None,
+) -> None:
+    """Write a tiny (or, with shapes, a full-size) Qwen3-ASR or Qwen3-ForcedAligner checkpoint into out_dir."""
     import torch
     import transformers
     from transformers import GenerationConfig, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
@@ -562,9 +624,10 @@ def build_asr(out_dir: Path, family_name: str, seed: int = 0) -> None:
     )
     processor.save_pretrained(out_dir)
 
-    config = asr_config(family, ids, len(tokenizer))
+    config = asr_config(family, ids, len(tokenizer), shapes)
     torch.manual_seed(seed)
-    model = getattr(transformers, family.model_class)(config)
+    with torch.device(device):
+        model = getattr(transformers, family.model_class)._from_config(config, dtype=dtype or torch.float32)
     if family.num_labels is None:
         # The released generation config: greedy, both eos ids, 512 new tokens (the qwen_asr package default).
         model.generation_config = GenerationConfig(
