@@ -34,7 +34,13 @@ OMNI_7B: dict[str, dict[str, Any]] = {
         "fullatt_block_indexes": [7, 15, 23, 31],
     },
 }
-QWEN3_TEXT = {"head_dim": 128, "num_attention_heads": 16, "num_key_value_heads": 8, "num_hidden_layers": 28}
+QWEN3_TEXT = {
+    "head_dim": 128,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 28,
+    "max_position_embeddings": 65536,
+}
 AUDIO_1024 = {"d_model": 1024, "encoder_layers": 24, "encoder_attention_heads": 16, "encoder_ffn_dim": 4096}
 ASR_1_7B: dict[str, dict[str, Any]] = {
     "text_config": {**QWEN3_TEXT, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144},

@@ -209,7 +209,6 @@ def _generation(
 
     gpu = Gpu(device)
     out = work / kind
-    row = _build(kind, out, args.size, device)
     variant = {"omni-bf16": "full", "omni-awq": "awq", "asr": "asr"}[kind]
     settings = _settings(
         variant=variant,
@@ -221,9 +220,11 @@ def _generation(
         batch_size=args.batch_size,
         aligner=str(aligner_dir) if aligner_dir else "none",
     )
-    backend, loaded = _load(gpu, real_loader(settings, DownloadProgress()))
-    row.update(loaded, variant=variant)
+    backend = None
     try:
+        row = _build(kind, out, args.size, device)
+        backend, loaded = _load(gpu, real_loader(settings, DownloadProgress()))
+        row.update(loaded, variant=variant)
         segment = settings.model_variant.segment_duration
         segments = audio.split(load.samples, segment)
         k = forced_tokens(load.tokens_per_second, segment)
@@ -233,18 +234,28 @@ def _generation(
         few = segments[: args.sequential_segments]
         few_seconds = sum(s.end - s.start for s in few)
         sequential = run_mode(kind, shared, dataclasses.replace(settings, batch_size=1), few, params, few_seconds)
+        # From the unrounded times: RTF is wall seconds per second of audio in both runs.
+        ratio = (sequential["wall_seconds"] / few_seconds) / (batched["wall_seconds"] / load.seconds)
         row.update(
             segment_seconds=segment,
             segments=len(segments),
             forced_new_tokens_per_segment=k,
             batched=_summary(batched),
             sequential=_summary(sequential),
-            speedup=round(sequential["rtf"] / batched["rtf"], 2) if batched["rtf"] else None,
+            speedup=round(ratio, 2),
         )
+        if not (batched["forced_length_met"] and sequential["forced_length_met"]):
+            # A run that stopped rows early did less work than speech costs: its RTF would flatter the model.
+            row["error"] = f"invalid: the forced {k} new tokens per segment were not all generated"
         if aligner_dir is not None:
-            row["aligner"] = _aligned(shared, settings, segments, params, load, gpu, aligner_dir)
+            try:
+                row["aligner"] = _aligned(shared, settings, segments, params, load, gpu, aligner_dir)
+            except Exception as exc:  # noqa: BLE001 - the model's own figures stand; the aligner's error is kept
+                traceback.print_exc()
+                row["aligner"] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
         del backend
         gpu.free()
         shutil.rmtree(out, ignore_errors=True)
@@ -304,21 +315,23 @@ def _aligned(
         engine.stop(timeout=120)
         gpu.free()
     words = sum(len(a) for a in alignments if a)
-    if not words:
-        raise RuntimeError(f"the aligner timed no word in {len(segments)} segments")
+    aligned_segments = sum(1 for a in alignments if a)
+    if aligned_segments < len(segments):
+        # A refused segment returns at once: the time would not be the aligner's on the whole audio.
+        raise RuntimeError(f"the aligner timed {aligned_segments} of {len(segments)} segments")
     row.update(
         transcribe_seconds=round(generated, 2),
         align_seconds=round(aligned, 2),
         align_rtf=round(aligned / load.seconds, 5),
         share_of_time=round(aligned / (generated + aligned), 3),
         words_timed=words,
-        segments_aligned=sum(1 for a in alignments if a),
+        segments_aligned=aligned_segments,
     )
     return row
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Every chosen check; a failing one is recorded with its error and the others still run."""
+def run(args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every chosen check, the report saved after each; a failing one is recorded and the others still run."""
     import torch
 
     if args.size == "full" and not torch.cuda.is_available():
@@ -326,36 +339,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "error: --size full needs a CUDA GPU (the 7B checkpoints take about 16 GB in bf16); "
             "use --size tiny to run the same code on the CPU"
         )
+    generating = [c for c in args.checks if c != "aligner"]
+    if not generating:
+        raise SystemExit("error: the aligner is timed behind a generating check: add asr or an omni one")
     device = "cuda" if args.size == "full" else "cpu"
     load = workload(args, work)
     print(f"{load.seconds:.0f} s of {load.source}; checks {', '.join(args.checks)}", flush=True)
     results: dict[str, Any] = {}
-    generating = [c for c in args.checks if c != "aligner"]
-    # The aligner is timed behind the ASR model, which is how the service pairs them by default.
-    paired = None if "aligner" not in args.checks else ("asr" if "asr" in generating else next(iter(generating), None))
-    aligner_dir = work / "aligner-checkpoint"
-    if "aligner" in args.checks:
-        try:
-            results["aligner-build"] = _build("aligner", aligner_dir, args.size, device)
-        except Exception as exc:  # noqa: BLE001 - reported, and the other checks still run
-            traceback.print_exc()
-            results["aligner-build"] = {"error": f"{type(exc).__name__}: {exc}"}
-            paired = None
-    if "aligner" in args.checks and not generating:
-        results["aligner-build"]["error"] = "the aligner is timed behind a generating check: add asr or an omni one"
-    for kind in generating:
-        started = time.perf_counter()
-        print(f"[{kind}] building and loading ...", flush=True)
-        try:
-            results[kind] = _generation(kind, args, work, load, device, aligner_dir if kind == paired else None)
-        except Exception as exc:  # noqa: BLE001 - reported, and the other checks still run
-            traceback.print_exc()
-            results[kind] = {"error": f"{type(exc).__name__}: {exc}"}
-        results[kind]["check_seconds"] = round(time.perf_counter() - started, 1)
-        print(f"[{kind}] {results[kind]}", flush=True)
-    shutil.rmtree(aligner_dir, ignore_errors=True)
-    failed = sorted(k for k, v in results.items() if "error" in v)
-    return {
+    doc = {
         "benchmark": "gpu-check",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python3", "bench/gpu_check.py", *sys.argv[1:]]),
@@ -370,9 +361,44 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "sequential_segments": args.sequential_segments,
         },
         "checks": results,
-        "failed": failed,
+        "failed": [],
         "stem": f"gpu-check-{device}-{args.size}",
     }
+    # The aligner is timed behind the ASR model, which is how the service pairs them by default.
+    paired = None if "aligner" not in args.checks else ("asr" if "asr" in generating else generating[0])
+    aligner_dir = work / "aligner-checkpoint"
+    if paired is not None:
+        try:
+            results["aligner-build"] = _build("aligner", aligner_dir, args.size, device)
+        except Exception as exc:  # noqa: BLE001 - reported, and the other checks still run
+            traceback.print_exc()
+            results["aligner-build"] = {"error": f"{type(exc).__name__}: {exc}"}
+            paired = None
+    for kind in generating:
+        started = time.perf_counter()
+        print(f"[{kind}] building and loading ...", flush=True)
+        try:
+            results[kind] = _generation(kind, args, work, load, device, aligner_dir if kind == paired else None)
+        except Exception as exc:  # noqa: BLE001 - reported, and the other checks still run
+            traceback.print_exc()
+            results[kind] = {"error": f"{type(exc).__name__}: {exc}"}
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        results[kind]["check_seconds"] = round(time.perf_counter() - started, 1)
+        print(f"[{kind}] {results[kind]}", flush=True)
+        doc["failed"] = _failed(results)
+        # Saved after every check: a run stopped part way still leaves the figures it has.
+        save(doc)
+    shutil.rmtree(aligner_dir, ignore_errors=True)
+    return doc
+
+
+def _failed(results: dict[str, Any]) -> list[str]:
+    """The checks (and aligner runs) that ended in an error."""
+    failed = [name for name, row in results.items() if "error" in row]
+    failed += [f"{name}/aligner" for name, row in results.items() if "error" in row.get("aligner", {})]
+    return sorted(failed)
 
 
 def _cell(value: Any) -> str:
@@ -412,6 +438,9 @@ def markdown(doc: dict[str, Any]) -> str:
         if "aligner" in row:
             aligners.append((name, row["aligner"]))
     for name, a in aligners:
+        if "error" in a:
+            lines += ["", f"Aligner behind {name}: failed: {a['error'][:300]}"]
+            continue
         built = doc["checks"].get("aligner-build", {})
         lines += [
             "",
@@ -431,9 +460,16 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None, report: Callable[[str], None] = print) -> int:
     """Run the checks and write the report; 1 if any check failed."""
     args = parse_args(argv)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(doc: dict[str, Any]) -> None:
+        written[:] = write_report(doc, args.out, doc["stem"], markdown)
+
     with tempfile.TemporaryDirectory(prefix="gpu-check-", dir=args.work) as tmp:
-        doc = run(args, Path(tmp))
-    for path in write_report(doc, args.out, doc["stem"], markdown):
+        doc = run(args, Path(tmp), save)
+    for path in written:
         report(f"wrote {path}")
     report(markdown(doc))
     return 1 if doc["failed"] else 0

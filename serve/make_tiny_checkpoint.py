@@ -12,10 +12,11 @@ instead: a Qwen3ASRForConditionalGeneration (ASR) or Qwen3ASRForTokenClassificat
 flat `model.`-prefixed weights, and a Qwen3ASRProcessor (tokenizer with <asr_text> / <timestamp>, the
 Qwen3-ASR feature extractor, each model's chat template).
 
---layout released writes a Qwen-Omni checkpoint in the file layout that the released Qwen2.5-Omni and Qwen3-Omni
+--layout released writes a Qwen-Omni checkpoint with the files the released Qwen2.5-Omni and Qwen3-Omni
 repositories ship, older than what this transformers version saves: one flat preprocessor_config.json (feature
 extractor and image processor keys side by side, min_pixels/max_pixels), chat_template.json, vocab.json and
-merges.txt beside tokenizer.json, and the weights in shards with a model.safetensors.index.json.
+merges.txt beside tokenizer.json, and the weights in shards with a model.safetensors.index.json. config.json
+and tokenizer_config.json keep this version's keys (the released ones spell some older, e.g. rope_scaling).
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ def build(
     torch.manual_seed(seed)
     with torch.device(device):
         model = getattr(transformers, family.thinker_class)._from_config(thinker, dtype=dtype or torch.float32)
+    # The config records the dtype the weights are stored in: none for the tiny fp32 ones (as before), fp16 for
+    # AWQ (AutoAWQ's), else the build's.
+    thinker.dtype = None if dtype is None else (torch.float16 if quantization == "awq" else dtype)
     config = getattr(transformers, family.config_class)(
         thinker_config=thinker.to_dict(), talker_config=talker_config(family_name, ids), enable_audio_output=False
     )
@@ -269,7 +273,8 @@ def build(
     # save_pretrained writes the released layout (transformers reverses its own load-time renames, and
     # unfuses MoE experts); the released checkpoints then put the thinker under "thinker.".
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        model.save_pretrained(tmp)
+        # Shards of 4 GB keep a 7B's state to one copy in memory at a time while it is written.
+        model.save_pretrained(tmp, max_shard_size="4GB")
         del model
         state: dict[str, Any] = {}
         for shard in sorted(Path(tmp).glob("*.safetensors")):
@@ -289,7 +294,7 @@ SHARD_BYTES = 4 * 1024**3
 
 
 def save_weights(state: dict[str, Any], out_dir: Path, shards: int | None = None) -> None:
-    """One model.safetensors, or `shards` files (enough to keep each under SHARD_BYTES) with an index."""
+    """One model.safetensors, or `shards` files (enough for about SHARD_BYTES each) with an index."""
     from safetensors.torch import save_file
 
     metadata = {"format": "pt"}
@@ -339,7 +344,8 @@ def to_released_layout(out_dir: Path, shards: int = 2) -> None:
 AWQ_TARGET = re.compile(r"^thinker\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
 # AutoAWQ GEMM packs eight 4-bit values per int32 in this interleaved order.
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
-AWQ_GROUP = 32
+# Qwen's AWQ releases quantize in groups of 128 input columns; the tiny decoder (32 and 64 wide) uses 32.
+AWQ_GROUPS = (128, 32)
 
 
 def awq_quantize(state: dict[str, Any], device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -347,27 +353,28 @@ def awq_quantize(state: dict[str, Any], device: str = "cpu") -> tuple[dict[str, 
 
     The arithmetic runs on `device` (a 7B decoder takes seconds on a GPU); the results come back to the CPU.
     """
-
+    widths = {weight.shape[1] for key, weight in state.items() if AWQ_TARGET.match(key)}
+    group = next(g for g in AWQ_GROUPS if all(w % g == 0 for w in widths))
     out: dict[str, Any] = {}
     for key, weight in state.items():
         if not AWQ_TARGET.match(key):
             out[key] = weight.half() if weight.is_floating_point() else weight
             continue
-        out.update(_awq_linear(key[: -len(".weight")], weight.to(device)))
+        out.update(_awq_linear(key[: -len(".weight")], weight.to(device), group))
     # What AutoAWQ writes for the official checkpoint, "visual"-only exclusion list included.
     quant = {
-        "bits": 4, "group_size": AWQ_GROUP, "modules_to_not_convert": ["visual"],
+        "bits": 4, "group_size": group, "modules_to_not_convert": ["visual"],
         "quant_method": "awq", "version": "gemm", "zero_point": True,
     }  # fmt: skip
     return out, quant
 
 
-def _awq_linear(base: str, weight: Any) -> dict[str, Any]:
+def _awq_linear(base: str, weight: Any, group: int) -> dict[str, Any]:
     """One [out, in] matrix as AutoAWQ GEMM's qweight, qzeros and scales, on the CPU."""
     import torch
 
     rows, cols = weight.shape  # out_features, in_features
-    groups = weight.float().reshape(rows, cols // AWQ_GROUP, AWQ_GROUP)
+    groups = weight.float().reshape(rows, cols // group, group)
     low, high = groups.amin(-1), groups.amax(-1)
     scales = ((high - low).clamp(min=1e-5) / 15).half()
     zeros = (-low / scales.float()).round().clamp(0, 15)
