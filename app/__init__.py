@@ -80,10 +80,12 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     from app.api import bp
     from app.openai_api import bp as openai_bp
     from app.openapi import bp as openapi_bp
+    from app.webservice import bp as webservice_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(webservice_bp)
     register_error_handlers(app)
     install_security(app, settings)
     # After the key check: a client without a key learns nothing of the disk.

@@ -12,6 +12,7 @@ import select
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -467,3 +468,22 @@ def quietest_cut(samples: np.ndarray, lo: int, hi: int) -> int:
     # Among equally quiet frames (digital silence), prefer the latest: segments stay close to nominal.
     quietest = frames - 1 - int(np.argmin(energy[::-1]))
     return hi - frames * FRAME + quietest * FRAME + FRAME // 2
+
+
+def pcm_to_wav(source: Path, target: Path) -> None:
+    """Headerless signed 16-bit little-endian mono PCM at 16 kHz, given a WAV header so that ffmpeg reads it.
+
+    whisper-asr-webservice's encode=false body; an odd byte count is not whole samples and is refused.
+    """
+    size = source.stat().st_size
+    if size % 2:
+        raise UnsupportedAudio(
+            f"raw PCM (encode=false) must be whole 16-bit samples, but the upload has an odd {size} bytes"
+        )
+    with wave.open(str(target), "wb") as out, source.open("rb") as raw:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        # Written in chunks: the body can be as large as the upload limit.
+        while chunk := raw.read(1024 * 1024):
+            out.writeframesraw(chunk)

@@ -51,10 +51,14 @@ class InvalidRequest(ServiceError):
 
 
 class MissingFile(InvalidRequest):
-    """No `file` field in the multipart body."""
+    """No `file` field (`audio_file` on whisper-asr-webservice's routes) in the multipart body."""
 
     code = "missing_file"
     param = "file"
+
+    def __init__(self, message: str, *, field: str = "file") -> None:
+        super().__init__(message)
+        self.param = field
 
 
 class InvalidOption(InvalidRequest):

@@ -60,3 +60,22 @@ def _vtt_timestamp(ms: int) -> str:
 def _vtt_escape(line: str) -> str:
     """Cue text for VTT: & < > escaped, so the text is shown as is and never read as a tag or entity."""
     return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _one_line(text: str) -> str:
+    """A segment's text on one line: a newline or tab inside it would start another line or column."""
+    return " ".join(text.split())
+
+
+def render_lines(transcript: Transcript) -> str:
+    """whisper-asr-webservice's txt: each segment's text on a line of its own."""
+    return "".join(f"{line}\n" for s in transcript.segments if (line := _one_line(s.text)))
+
+
+def render_tsv(transcript: Transcript) -> str:
+    """whisper-asr-webservice's tsv: start and end in integer milliseconds, then the text, a segment per row."""
+    rows = ["start\tend\ttext\n"]
+    for s in transcript.segments:
+        if text := _one_line(s.text):
+            rows.append(f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{text}\n")
+    return "".join(rows)

@@ -19,7 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import core_schema
 
 from app.errors import HTTP_CODES, OPENAI_STATUS, ServiceError
-from app.protocol import native, openai
+from app.protocol import native, openai, webservice
 from app.protocol.validation import allowed
 from app.services import current_services
 from app.settings import Settings
@@ -73,6 +73,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (openai.ChatCompletionRequest, "validation"),
     (openai.ChatCompletion, "serialization"),
     (openai.ChatCompletionChunk, "serialization"),
+    (webservice.AsrTranscription, "serialization"),
 ]
 
 
@@ -557,9 +558,70 @@ def _v1_operations(settings: Settings) -> list[_Operation]:
     ]
 
 
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A model's fields as optional query parameters (strings on the wire, typed as the model reads them)."""
+    schema = model.model_json_schema(schema_generator=_Schema)
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = _form_property(prop)
+        description = prop.pop("description", "")
+        parameters.append({"name": name, "in": "query", "required": False, "description": description, "schema": prop})
+    return parameters
+
+
+def _webservice_operations(settings: Settings) -> list[_Operation]:
+    body = {
+        "required": True,
+        "description": "Multipart form: the audio in `audio_file`.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["audio_file"],
+                    "properties": {"audio_file": _file_property(settings)},
+                }
+            }
+        },
+    }
+    headers = {
+        "Content-Disposition": {
+            "description": "attachment, the upload's name plus the output's extension (meeting.mp3.srt).",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "Asr-Engine": {
+            "description": "The model family that answered.",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+    }
+    ok = {
+        "description": "The result in the asked output, always sent as text/plain (JSON included), as "
+        "whisper-asr-webservice sends it; output=json is the AsrTranscription object.",
+        "headers": headers,
+        "content": {"text/plain": {"schema": {"anyOf": [_TEXT, _ref("AsrTranscription")]}}},
+    }
+    return [
+        _Operation(
+            "/asr",
+            "post",
+            "asr",
+            "whisper-asr-webservice's transcription: txt, vtt, srt, tsv or json",
+            "webservice",
+            {"200": ok, **_errors(*_SYNC_ERRORS)},
+            body,
+            description="For Bazarr, subgen, Speakr and other whisper-asr-webservice clients. Query parameters "
+            "this model cannot honour (diarize, min_speakers, max_speakers, hotwords, video_file, ...) are "
+            "accepted and ignored.",
+            extra={"parameters": _query_parameters(webservice.AsrQuery)},
+        ),
+    ]
+
+
 def _paths(settings: Settings) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for operation in [*_native_operations(settings), *_v1_operations(settings)]:
+    operations = [*_native_operations(settings), *_v1_operations(settings), *_webservice_operations(settings)]
+    for operation in operations:
         item = paths.setdefault(operation.path, {})
         if operation.path.startswith("/status/{job_id}"):
             item["parameters"] = [
@@ -593,6 +655,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             {"name": "transcribe", "description": "Synchronous transcription in four formats."},
             {"name": "jobs", "description": "Asynchronous transcription jobs."},
             {"name": "openai", "description": "The OpenAI-compatible API."},
+            {"name": "webservice", "description": "whisper-asr-webservice's API, for its clients."},
         ],
         "security": SECURITY,
         "paths": _paths(settings),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 # Scripts written without spaces between words: CJK symbols and punctuation, kana, Han, fullwidth forms.
 # Hangul is left out on purpose: Korean separates words with spaces.
 _UNSPACED = (
@@ -36,3 +38,11 @@ def cue_text(text: str) -> str:
     """Text safe inside a subtitle cue: no carriage returns, no blank lines (a blank line ends a cue)."""
     lines = (line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     return "\n".join(line for line in lines if line)
+
+
+def compression_ratio(text: str) -> float | None:
+    """Whisper's measure of repetitiveness: text bytes over zlib-compressed bytes (None for empty text)."""
+    data = text.encode("utf-8")
+    if not data:
+        return None
+    return round(len(data) / len(zlib.compress(data)), 3)

@@ -44,17 +44,17 @@ def form_options() -> TranscribeOptions:
     return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
 
 
-def uploaded_file() -> FileStorage:
-    """The multipart field `file`; a clear 400 naming the fields sent when it is missing."""
+def uploaded_file(field: str = "file") -> FileStorage:
+    """The multipart field `file` (or another); a clear 400 naming the fields sent when it is missing."""
     try:
-        file = request.files.get("file")
+        file = request.files.get(field)
     except ValueError as exc:
         # Raised by the multipart parser (see UploadRequest): a clear 400 instead of an empty form.
         raise InvalidRequest(f"the multipart body cannot be parsed: {exc}") from None
     if file is None:
         fields = sorted(request.files.keys())
         hint = f" (got file field(s): {', '.join(fields)})" if fields else ""
-        raise MissingFile(f"no audio uploaded: send it as the multipart form field 'file'{hint}")
+        raise MissingFile(f"no audio uploaded: send it as the multipart form field '{field}'{hint}", field=field)
     return file
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -32,7 +31,7 @@ from app.protocol.openai import (
 )
 from app.protocol.validation import validate
 from app.services import Services, current_services
-from app.text import join_text
+from app.text import compression_ratio, join_text
 from app.transcript import Transcript, TranscriptSegment
 from app.uploads import client_check, detached_copy, form_options, local_path, uploaded_file
 from app.words import words_of
@@ -140,14 +139,6 @@ def _verbose_segment(segment: TranscriptSegment, options: TranscribeOptions) -> 
         no_speech_prob=None,
         stop_reason=segment.stop_reason,
     )
-
-
-def compression_ratio(text: str) -> float | None:
-    """Whisper's measure of repetitiveness: text bytes over zlib-compressed bytes (null for empty text)."""
-    data = text.encode("utf-8")
-    if not data:
-        return None
-    return round(len(data) / len(zlib.compress(data)), 3)
 
 
 def _stream_transcription(services: Services, path: Path, options: TranscribeOptions) -> Response:

@@ -125,11 +125,12 @@ def test_both_apis(case: Case, fuzz_server: Server, clip: bytes, job_ids: list[s
     """No 5xx on any operation of either API; every status, content type, header and body is the documented one."""
     path = case.operation.path
     uploads = path.startswith("/transcribe") or path == "/v1/audio/transcriptions"
-    if uploads and isinstance(case.body, dict) and "file" in case.body:
+    field = "audio_file" if path == "/asr" else "file"
+    if (uploads or path == "/asr") and isinstance(case.body, dict) and field in case.body:
         # Mostly the fuzzer's own bytes (not audio: 415), sometimes real speech, to reach the model.
-        options = {name: value for name, value in case.body.items() if name != "file"}
+        options = {name: value for name, value in case.body.items() if name != field} | dict(case.query or {})
         if pick(options, REAL_AUDIO_EVERY) == 0:
-            case.body["file"] = clip
+            case.body[field] = clip
     if path == "/status/{job_id}" and case.path_parameters:
         # Half the time a real job, in whatever state it has reached (a DELETE may have cancelled or removed it).
         choice = pick(case.path_parameters, 2 * len(job_ids))

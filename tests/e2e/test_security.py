@@ -52,6 +52,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], int]] = [
     ("GET", "/v1/models", {}, 200),
     ("POST", "/v1/audio/transcriptions", {"files": "audio", "data": {"model": "whisper-1", **FAST}}, 200),
     ("POST", "/v1/chat/completions", {"json": "chat"}, 200),
+    ("POST", "/asr", {"files": "audio_file", "params": {"output": "json"}}, 200),
 ]
 
 
@@ -59,6 +60,8 @@ def _send(server: Server, method: str, path: str, kwargs: dict[str, Any], header
     real = dict(kwargs)
     if real.get("files") == "audio":
         real["files"] = _audio()
+    if real.get("files") == "audio_file":
+        real["files"] = {"audio_file": _audio()["file"]}
     if real.get("json") == "chat":
         real["json"] = _chat()
     return requests.request(method, server.url + path, headers=headers, timeout=120, **real)

@@ -587,3 +587,23 @@ def test_stream_memory_is_bounded_on_long_audio(long_wav: Path) -> None:
     assert stream_growth < 40 * 2**20
     # decode(): the measurement sees the whole array, but only once (not the pipe's bytes plus the array).
     assert 0.9 * data < decode_growth < 1.25 * data
+
+
+def test_raw_pcm_becomes_a_wav_that_decodes_to_the_same_samples(tmp_path: Path) -> None:
+    """whisper-asr-webservice's encode=false body: s16le mono 16 kHz, read back sample for sample."""
+    samples = (np.sin(np.arange(16000 * 2) / 7) * 20000).astype("<i2")
+    raw = tmp_path / "body"
+    raw.write_bytes(samples.tobytes())
+    wav = tmp_path / "body.wav"
+    audio.pcm_to_wav(raw, wav)
+    with wave.open(str(wav)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 16000, 32000)
+    decoded = audio.decode(wav)
+    assert np.allclose(decoded, samples / 32768.0, atol=1e-4)
+
+
+def test_raw_pcm_of_an_odd_length_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "body"
+    raw.write_bytes(b"\x00\x01\x02")
+    with pytest.raises(UnsupportedAudio, match="odd 3 bytes"):
+        audio.pcm_to_wav(raw, tmp_path / "body.wav")

@@ -1,0 +1,94 @@
+"""whisper-asr-webservice's API (POST /asr), so that Bazarr, subgen, Speakr and its other clients switch by URL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import quote
+
+from flask import Blueprint, Response, request
+from werkzeug.datastructures import FileStorage
+
+from app.audio import pcm_to_wav
+from app.errors import InvalidOption
+from app.formats import render_lines, render_srt, render_tsv, render_vtt
+from app.outputs import save_transcript
+from app.protocol.native import TranscribeOptions, parse_options
+from app.protocol.validation import validate
+from app.protocol.webservice import AsrQuery, AsrTranscription
+from app.services import current_services
+from app.transcript import Transcript
+from app.uploads import client_check, local_path, temporary_file, uploaded_file
+
+bp = Blueprint("webservice", __name__)
+
+# whisper-asr-webservice answers every output as text/plain, JSON included; its clients expect exactly that.
+CONTENT_TYPE = "text/plain; charset=utf-8"
+# Its query names -> the native option each one sets.
+NATIVE_NAMES = {
+    "language": "language",
+    "initial_prompt": "prompt",
+    "word_timestamps": "word_timestamps",
+    "vad_filter": "vad",
+}
+RENDERERS: dict[str, Callable[[Transcript], str]] = {
+    "txt": render_lines,
+    "vtt": render_vtt,
+    "srt": render_srt,
+    "tsv": render_tsv,
+}
+
+
+def _options(query: AsrQuery) -> TranscribeOptions:
+    """The query's options over the server's defaults, errors naming the client's own parameter."""
+    settings = current_services().settings
+    form = {native: request.args[name] for name, native in NATIVE_NAMES.items() if name in request.args}
+    try:
+        return parse_options(form, settings.default_options(), accepts_prompt=settings.model_variant.task != "caption")
+    except InvalidOption as exc:
+        theirs = {native: name for name, native in NATIVE_NAMES.items()}.get(exc.field, exc.field)
+        raise InvalidOption(theirs, exc.message.split(": ", 1)[-1]) from None
+
+
+def _file_name(file: FileStorage) -> str:
+    """The upload's name without directories, as the attachment's stem (whisper-asr-webservice keeps the
+    extension: meeting.mp3 -> meeting.mp3.srt); percent-encoded, so any name is safe in a header."""
+    raw = file.filename or ""
+    name = PureWindowsPath(PurePosixPath(raw).name).name
+    name = "".join(char for char in name if char.isprintable()).strip()[:200]
+    return quote(name or "audio")
+
+
+def _transcribe(path: Path, query: AsrQuery, options: TranscribeOptions) -> Transcript:
+    services = current_services()
+    align = query.output in ("srt", "vtt") or (query.output == "json" and options.word_timestamps)
+    if query.encode:
+        return services.pipeline.transcribe(path, options, check=client_check(), align=align)
+    with temporary_file(services.uploads_dir) as wav:
+        pcm_to_wav(path, wav)
+        return services.pipeline.transcribe(wav, options, check=client_check(), align=align)
+
+
+@bp.post("/asr")
+def asr() -> Response:
+    """Transcribe audio_file into query `output` (txt, vtt, srt, tsv, json), as whisper-asr-webservice does."""
+    services = current_services()
+    query = validate(AsrQuery, request.args.to_dict())
+    if query.task == "translate":
+        raise InvalidOption("task", "translate is not available on this server yet; use task=transcribe")
+    options = _options(query)
+    file = uploaded_file("audio_file")
+    with local_path(file) as path:
+        transcript = _transcribe(path, query, options)
+    text, output_file = save_transcript(services.outputs_dir, transcript)
+    if query.output == "json":
+        result = AsrTranscription.of(transcript, text, options.temperature, words=options.word_timestamps)
+        body = json.dumps(result.body())
+    else:
+        body = RENDERERS[query.output](transcript)
+    response = Response(body, content_type=CONTENT_TYPE)
+    response.headers["Asr-Engine"] = services.settings.model_variant.family
+    response.headers["Content-Disposition"] = f'attachment; filename="{_file_name(file)}.{query.output}"'
+    response.headers["X-Output-File"] = output_file
+    return response
