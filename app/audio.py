@@ -470,16 +470,26 @@ def quietest_cut(samples: np.ndarray, lo: int, hi: int) -> int:
     return hi - frames * FRAME + quietest * FRAME + FRAME // 2
 
 
-def pcm_to_wav(source: Path, target: Path) -> None:
+# A WAV header counts the data in 32 bits, less the header's own 36 bytes.
+MAX_WAV_DATA = 0xFFFFFFFF - 36
+
+
+def pcm_to_wav(source: Path, target: Path, max_seconds: float | None = None) -> None:
     """Headerless signed 16-bit little-endian mono PCM at 16 kHz, given a WAV header so that ffmpeg reads it.
 
-    whisper-asr-webservice's encode=false body; an odd byte count is not whole samples and is refused.
+    whisper-asr-webservice's encode=false body; an odd byte count is not whole samples and is refused, and so
+    is audio over the duration cap, before anything is copied.
     """
     size = source.stat().st_size
     if size % 2:
         raise UnsupportedAudio(
             f"raw PCM (encode=false) must be whole 16-bit samples, but the upload has an odd {size} bytes"
         )
+    seconds = size / (2 * SAMPLE_RATE)
+    if max_seconds is not None and seconds > max_seconds:
+        raise too_long(max_seconds, f"{seconds:.0f} s of raw PCM")
+    if size > MAX_WAV_DATA:
+        raise UnsupportedAudio("raw PCM (encode=false) over 4 GiB cannot be read: send the file encoded")
     with wave.open(str(target), "wb") as out, source.open("rb") as raw:
         out.setnchannels(1)
         out.setsampwidth(2)

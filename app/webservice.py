@@ -1,4 +1,4 @@
-"""whisper-asr-webservice's API (POST /asr), so that Bazarr, subgen, Speakr and its other clients switch by URL."""
+"""whisper-asr-webservice's API (POST /asr), so that Bazarr, Speakr and its other clients switch by URL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask import Blueprint, Response, request
 from werkzeug.datastructures import FileStorage
 
 from app.audio import pcm_to_wav
+from app.backends.qwen_omni import instruction_for
 from app.errors import InvalidOption
 from app.formats import render_lines, render_srt, render_tsv, render_vtt
 from app.outputs import save_transcript
@@ -40,15 +41,24 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
 }
 
 
-def _options(query: AsrQuery) -> TranscribeOptions:
+def _options() -> TranscribeOptions:
     """The query's options over the server's defaults, errors naming the client's own parameter."""
     settings = current_services().settings
-    form = {native: request.args[name] for name, native in NATIVE_NAMES.items() if name in request.args}
+    given = {name: value for name, value in request.args.items() if value.strip()}
+    form = {native: given[name] for name, native in NATIVE_NAMES.items() if name in given}
     try:
-        return parse_options(form, settings.default_options(), accepts_prompt=settings.model_variant.task != "caption")
+        options = parse_options(
+            form, settings.default_options(), accepts_prompt=settings.model_variant.task != "caption"
+        )
     except InvalidOption as exc:
         theirs = {native: name for name, native in NATIVE_NAMES.items()}.get(exc.field, exc.field)
         raise InvalidOption(theirs, exc.message.split(": ", 1)[-1]) from None
+    if options.prompt and settings.model_variant.family != "qwen3-asr":
+        # Whisper's initial_prompt is context (names, spellings), not an instruction: the Omni models keep
+        # their transcription instruction and are told the terms to expect. Qwen3-ASR takes it as context.
+        instruction = instruction_for(options.language, None)
+        options = options.model_copy(update={"prompt": f"{instruction} It may mention: {options.prompt}"})
+    return options
 
 
 def _file_name(file: FileStorage) -> str:
@@ -65,8 +75,10 @@ def _transcribe(path: Path, query: AsrQuery, options: TranscribeOptions) -> Tran
     align = query.output in ("srt", "vtt") or (query.output == "json" and options.word_timestamps)
     if query.encode:
         return services.pipeline.transcribe(path, options, check=client_check(), align=align)
+    # The WAV is a second copy of the body on the data disk: the free-space reserve applies to it too.
+    services.disk.check(path.stat().st_size)
     with temporary_file(services.uploads_dir) as wav:
-        pcm_to_wav(path, wav)
+        pcm_to_wav(path, wav, services.pipeline.max_audio_seconds)
         return services.pipeline.transcribe(wav, options, check=client_check(), align=align)
 
 
@@ -74,10 +86,11 @@ def _transcribe(path: Path, query: AsrQuery, options: TranscribeOptions) -> Tran
 def asr() -> Response:
     """Transcribe audio_file into query `output` (txt, vtt, srt, tsv, json), as whisper-asr-webservice does."""
     services = current_services()
-    query = validate(AsrQuery, request.args.to_dict())
+    # As on the native form, an empty value means the default (httpx sends None as an empty value).
+    query = validate(AsrQuery, {k: v for k, v in request.args.items() if v.strip()})
     if query.task == "translate":
         raise InvalidOption("task", "translate is not available on this server yet; use task=transcribe")
-    options = _options(query)
+    options = _options()
     file = uploaded_file("audio_file")
     with local_path(file) as path:
         transcript = _transcribe(path, query, options)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.protocol.native import LANGUAGES, Shape, absent
+from app.protocol.native import LANGUAGES, MAX_PROMPT_CHARS, Shape, absent
 from app.protocol.validation import FormFlag
 from app.text import compression_ratio, is_cjk
 from app.transcript import Transcript, TranscriptSegment
@@ -21,13 +21,20 @@ class AsrQuery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    task: Literal["transcribe", "translate"] = Field("transcribe", description="translate: English text.")
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description="translate (English text) is refused with 400 for now."
+    )
     language: str | None = Field(
         None,
         description="The audio's language as a code (en) or an English name; absent: the model detects it.",
         json_schema_extra={"enum": ["", "auto", *LANGUAGES, *LANGUAGES.values()]},
     )
-    initial_prompt: str | None = Field(None, description="The native `prompt`: an instruction, or context.")
+    initial_prompt: str | None = Field(
+        None,
+        # Not a schema bound: the request line's own limit (4 KB in gunicorn) is reached first.
+        description="Names and terms the audio may contain: added to the Omni models' instruction, Qwen3-ASR's "
+        f"context; at most {MAX_PROMPT_CHARS} characters, within the request line's limit.",
+    )
     encode: FormFlag = Field(
         True,
         description="false: the audio_file is headerless signed 16-bit little-endian mono PCM at 16 kHz (what "

@@ -154,3 +154,13 @@ def test_no_audio_file_is_a_400_naming_the_field(server: Server) -> None:
     r = requests.post(f"{server.url}/asr", files={"file": ("a.flac", JFK.read_bytes())}, timeout=60)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "missing_file" and "'audio_file'" in r.json()["error"]["message"]
+
+
+def test_empty_parameters_mean_their_defaults(server: Server) -> None:
+    """httpx sends None as an empty value: output= is txt, encode= reads the file, vad_filter= the server's VAD."""
+    params = {"output": "", "encode": "", "vad_filter": "", "language": "", "task": "", "initial_prompt": ""}
+    r = requests.post(
+        f"{server.url}/asr", params=params, files={"audio_file": ("jfk.flac", JFK.read_bytes())}, timeout=300
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Disposition"] == 'attachment; filename="jfk.flac.txt"'

@@ -19,7 +19,7 @@ import pytest
 
 from app import audio
 from app.audio import FRAME, SAMPLE_RATE, Segment, decode, split, stream_segments
-from app.errors import UnsupportedAudio
+from app.errors import AudioTooLong, UnsupportedAudio
 from tests.unit.conftest import AUDIO_DIR, ROOT, run_ffmpeg
 
 SR = SAMPLE_RATE
@@ -607,3 +607,12 @@ def test_raw_pcm_of_an_odd_length_is_refused(tmp_path: Path) -> None:
     raw.write_bytes(b"\x00\x01\x02")
     with pytest.raises(UnsupportedAudio, match="odd 3 bytes"):
         audio.pcm_to_wav(raw, tmp_path / "body.wav")
+
+
+def test_raw_pcm_over_the_duration_cap_is_refused_before_it_is_copied(tmp_path: Path) -> None:
+    raw = tmp_path / "body"
+    raw.write_bytes(bytes(2 * SAMPLE_RATE * 3))
+    target = tmp_path / "body.wav"
+    with pytest.raises(AudioTooLong, match="limit of 2 s"):
+        audio.pcm_to_wav(raw, target, max_seconds=2)
+    assert not target.exists()
