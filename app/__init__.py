@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -17,6 +16,7 @@ from app.security import install_security
 from app.services import BackendLoader, build_services
 from app.settings import Settings
 from app.storage import install_disk_guard
+from app.tracing import configure_logging
 
 
 def _upload_request_class(upload_dir: Path) -> type[Request]:
@@ -63,9 +63,8 @@ class _JSONProvider(DefaultJSONProvider):
 
 def create_app(settings: Settings | None = None, loader: BackendLoader | None = None) -> Flask:
     """Build the app; settings default to the environment, loader to the configured checkpoint."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings.from_env()
+    configure_logging("json" if settings.log_format == "json" else "plain")
     # Import torch now, in the worker process, so the first /health does not wait seconds for it.
     gpu_memory()
     services = build_services(settings, loader)
@@ -78,6 +77,8 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     app.extensions["asr"] = services
 
     from app.api import bp
+    from app.observability import bp as observability_bp
+    from app.observability import install_observability
     from app.openai_api import bp as openai_bp
     from app.openapi import bp as openapi_bp
     from app.webservice import bp as webservice_bp
@@ -86,7 +87,10 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     app.register_blueprint(openai_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(webservice_bp)
+    app.register_blueprint(observability_bp)
     register_error_handlers(app)
+    # First: every later hook, the key check included, runs with the request's id in place.
+    install_observability(app)
     install_security(app, settings)
     # After the key check: a client without a key learns nothing of the disk.
     install_disk_guard(app, services.disk)

@@ -24,6 +24,7 @@ from app.protocol.native import RESULT_FORMATS, JobState
 from app.protocol.validation import parse_flag
 from app.security import caller
 from app.services import current_services
+from app.tracing import current_id
 from app.transcript import Transcript
 from app.uploads import client_check, form_options, keep_file, local_path, uploaded_file
 
@@ -184,7 +185,15 @@ def transcribe_async() -> tuple[Response, int]:
             # Reject what is plainly not audio now, rather than as a failed job later.
             services.pipeline.probe(path)
             keep_file(path, audio_path)
-        services.jobs.create(job_id, options, audio_path, owner=caller().owner, max_queued=limit, name=_stem(file))
+        services.jobs.create(
+            job_id,
+            options,
+            audio_path,
+            owner=caller().owner,
+            max_queued=limit,
+            name=_stem(file),
+            request_id=current_id(),
+        )
     except BaseException:
         shutil.rmtree(audio_path.parent, ignore_errors=True)
         raise
@@ -264,6 +273,7 @@ def _job_body(job: Job) -> dict[str, Any]:
         fields.update(error=job.error, completed_at=job.completed_at)
     body = shapes.Job(
         job_id=job.id,
+        request_id=job.request_id,
         status=JobState(job.status),
         progress=shapes.JobProgress(segments_done=job.segments_done, segments_total=job.segments_total),
         created_at=job.created_at,

@@ -90,9 +90,12 @@ class Segment:
 
 @dataclass
 class DecodeStats:
-    """What a streaming decode found out by the end: the length of the audio."""
+    """What a streaming decode found out by the end: the length of the audio, and where the time went."""
 
     samples: int = 0
+    # Seconds spent reading ffmpeg's output (decoding), and running the VAD over it.
+    decode_seconds: float = 0.0
+    vad_seconds: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -124,6 +127,8 @@ def pcm_chunks(
                 raw[:rest] = raw[whole * 4 : held]
                 held = rest
         reader.finish()
+        if stats is not None:
+            stats.decode_seconds += reader.waited
     if total == 0:
         raise UnsupportedAudio("the file contains no audio samples")
     if stats is not None:
@@ -205,6 +210,7 @@ def stream_segments(
                     raise UnsupportedAudio("the file contains no audio samples")
                 if stats is not None:
                     stats.samples = start
+                    stats.decode_seconds += reader.waited
                 return
             cut = filled if filled <= size else quietest_cut(buf, size - window, size)
             yield Segment(index, start, start + cut, buf[:cut].copy())
@@ -375,6 +381,11 @@ class _PcmReader:
                     assert self._max_seconds is not None
                     raise too_long(self._max_seconds, "it was cut off while decoding")
                 return got
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting for ffmpeg's output so far: the decode's own time, the consumer's left out."""
+        return DECODE_TIMEOUT_SECONDS - self._budget
 
     def fill(self, view: memoryview) -> int:
         """Read until view is full or ffmpeg's output ends; the number of bytes read."""

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,7 @@ from app.backends import (
     GenerationResult,
 )
 from app.errors import InferenceFailed, ModelUnavailable, OutOfMemory, ServiceError, ShuttingDown
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,23 @@ class ModelState(StrEnum):
 class _Work:
     request: GenerationRequest | AlignmentRequest
     future: Future[Any]
+    # When it was queued (time.perf_counter), for the queue-wait metric.
+    queued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def stage(self) -> str:
+        """The metrics' name of its kind: align, identify, or generate (all other generations)."""
+        if isinstance(self.request, AlignmentRequest):
+            return "align"
+        return "identify" if self.request.task == "identify" else "generate"
 
     @property
     def kind(self) -> Any:
-        """What a batch must share: alignments go together, generations with equal params."""
-        return "align" if isinstance(self.request, AlignmentRequest) else self.request.params
+        """What a batch must share: alignments go together, language identifications together, other
+        generations with equal params."""
+        if isinstance(self.request, AlignmentRequest):
+            return "align"
+        return ("identify", self.request.params) if self.request.task == "identify" else self.request.params
 
 
 # After the aligner fails to load, word times are estimated for this long before a load is tried again.
@@ -72,8 +85,11 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         load_backoff: tuple[float, float] = (2.0, 60.0),
         aligner_loader: Callable[[], Aligner] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._loader = loader
+        # Where stage times, batch sizes and tokens are recorded (none: not recorded).
+        self._metrics = metrics
         # The forced aligner: loaded by this worker when alignments arrive, unloaded with the model.
         self._aligner_loader = aligner_loader
         self._aligner: Aligner | None = None
@@ -105,6 +121,7 @@ class Engine:
         self._busy = False
         self._held = 0  # segments the worker has taken off the queue but not finished
         self._loads = 0
+        self._unloads = 0
         self._thread: threading.Thread | None = None
         # Set by stop(): nothing new is taken, and no model is loaded any more.
         self._stopping = False
@@ -174,6 +191,7 @@ class Engine:
                 "idle_timeout": self._idle_timeout,
                 "seconds_until_unload": None if left is None else round(left, 1),
                 "loads": self._loads,
+                "unloads": self._unloads,
                 "batch_size": self._batch_size,
                 "token_budget": self._token_budget,
                 "oom_batch_splits": self._oom_splits,
@@ -263,6 +281,10 @@ class Engine:
         live = [w for w in batch if w.future.set_running_or_notify_cancel()]
         if not live:
             return
+        if self._metrics is not None:
+            now = time.perf_counter()
+            for work in live:
+                self._metrics.queue_wait.labels(work.stage).observe(now - work.queued_at)
         if live[0].kind == "align":
             self._align(live)
             return
@@ -290,8 +312,10 @@ class Engine:
 
     def _generate(self, backend: Backend, batch: list[_Work]) -> None:
         """Generate for a batch; out of memory, halve it and retry each half (a batch of one fails)."""
+        requests = [w.request for w in batch if isinstance(w.request, GenerationRequest)]
+        started = time.perf_counter()
         try:
-            results = backend.generate([w.request for w in batch if isinstance(w.request, GenerationRequest)])
+            results = backend.generate(requests)
             if len(results) != len(batch):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} segments")
         except BackendOutOfMemory as exc:
@@ -317,8 +341,22 @@ class Engine:
                 for result in results:
                     if result.stop_reason in self._stops:
                         self._stops[result.stop_reason] += 1
+            self._record(batch[0].stage, time.perf_counter() - started, requests, results)
             for work, result in zip(batch, results, strict=True):
                 work.future.set_result(result)
+
+    def _record(
+        self, stage: str, seconds: float, requests: Sequence[GenerationRequest], results: Sequence[GenerationResult]
+    ) -> None:
+        """A generate call's time, size and tokens, into the metrics."""
+        if self._metrics is None:
+            return
+        self._metrics.generation.labels(stage).observe(seconds)
+        self._metrics.batch_size.labels(stage).observe(len(requests))
+        for request, result in zip(requests, results, strict=True):
+            kind = "chat" if request.chat is not None else request.task
+            self._metrics.generated_tokens.labels(kind).inc(result.tokens)
+            self._metrics.prompt_tokens.labels(kind).inc(result.prompt_tokens)
 
     def _align(self, batch: list[_Work]) -> None:
         """Time a batch of texts; without an aligner (off, or it failed), each resolves to None."""
@@ -338,10 +376,14 @@ class Engine:
 
     def _run_alignment(self, aligner: Aligner, batch: list[_Work]) -> None:
         """Align a batch; out of memory, halve it and retry each half. A failure leaves the words estimated."""
+        started = time.perf_counter()
         try:
             results = aligner.align([w.request for w in batch if isinstance(w.request, AlignmentRequest)])
             if len(results) != len(batch):
                 raise RuntimeError(f"aligner returned {len(results)} results for {len(batch)} segments")
+            if self._metrics is not None:
+                self._metrics.alignment.observe(time.perf_counter() - started)
+                self._metrics.batch_size.labels("align").observe(len(batch))
         except BackendOutOfMemory as exc:
             if len(batch) > 1:
                 with self._lock:
@@ -441,6 +483,7 @@ class Engine:
             self._backend, self._aligner = None, None
             if backend is not None:
                 self._state = ModelState.UNLOADED
+                self._unloads += 1
             if aligner is not None:
                 self._aligner_state = ModelState.UNLOADED
         for model in (backend, aligner):

@@ -11,6 +11,8 @@ from typing import Any
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from app.tracing import current_id
+
 log = logging.getLogger(__name__)
 
 # Client input quoted in an error message is clipped to this: a 2 MB model name or a list of 200,000 numbers
@@ -115,6 +117,13 @@ class UnsupportedAudio(ServiceError):
     code = "unsupported_audio"
 
 
+class NoSpeech(ServiceError):
+    """The audio decodes, but holds no speech to identify a language in."""
+
+    status = 422
+    code = "no_speech"
+
+
 class JobNotFound(ServiceError):
     """No job with that id."""
 
@@ -216,14 +225,22 @@ class InferenceFailed(ServiceError):
     code = "inference_failed"
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """The native API's error body."""
-    return {"status": "error", "error": {"code": code, "message": message}}
+def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    """The native API's error body; request_id (the X-Request-ID) when it answers a request the service read."""
+    error = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"status": "error", "error": error}
 
 
-def openai_error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error envelope, with the type OpenAI gives that status."""
-    return {"error": {"message": message, "type": _openai_type(status), "param": param, "code": code}}
+def openai_error_body(
+    status: int, code: str, message: str, param: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope, with the type OpenAI gives that status (and the request's id, as error_body)."""
+    error: dict[str, Any] = {"message": message, "type": _openai_type(status), "param": param, "code": code}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
 
 
 def _openai_type(status: int) -> str:
@@ -248,11 +265,12 @@ def is_openai_route() -> bool:
 def _json_error(status: int, code: str, message: str, param: str | None = None) -> Response:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+    request_id = current_id()
     if is_openai_route():
         status = OPENAI_STATUS.get(status, status)
-        response = jsonify(openai_error_body(status, code, message, param))
+        response = jsonify(openai_error_body(status, code, message, param, request_id))
     else:
-        response = jsonify(error_body(code, message))
+        response = jsonify(error_body(code, message, request_id))
     response.status_code = status
     return response
 

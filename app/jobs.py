@@ -29,6 +29,7 @@ from app.outputs import now_iso, reserve_output, write_reserved
 from app.pipeline import Pipeline
 from app.protocol.native import FINISHED, JobState, TranscribeOptions, TranscriptResult
 from app.storage import DiskGuard
+from app.tracing import working_for
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_file TEXT,
     error TEXT,
     owner TEXT,
-    name TEXT
+    name TEXT,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 """
 # Columns added since the first schema, with their definitions: a database from an older version gains them.
-_ADDED_COLUMNS = {"owner": "TEXT", "name": "TEXT"}
+_ADDED_COLUMNS = {"owner": "TEXT", "name": "TEXT", "request_id": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Job:
     owner: str | None = None
     # The upload's name without its extension, which the result's downloads are named after.
     name: str | None = None
+    # The X-Request-ID of the request that submitted it: its run logs under the same id.
+    request_id: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -130,6 +134,7 @@ class JobStore:
         owner: str | None = None,
         max_queued: int | None = None,
         name: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         """Record a queued job whose audio is already saved at audio_path; QueueFull if max_queued are waiting.
 
@@ -143,9 +148,9 @@ class JobStore:
                     if waiting >= max_queued:
                         raise QueueFull(f"{max_queued} jobs are already queued; try again later", retry_after=60)
                 db.execute(
-                    "INSERT INTO jobs (id, status, options, audio_path, created_at, owner, name)"
-                    f" VALUES (?, '{_QUEUED}', ?, ?, ?, ?, ?)",
-                    (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner, name),
+                    "INSERT INTO jobs (id, status, options, audio_path, created_at, owner, name, request_id)"
+                    f" VALUES (?, '{_QUEUED}', ?, ?, ?, ?, ?, ?)",
+                    (job_id, json.dumps(options.to_dict()), str(audio_path), now_iso(), owner, name, request_id),
                 )
             except BaseException:
                 db.execute("ROLLBACK")
@@ -501,7 +506,9 @@ class JobRunner:
         with self._wake:
             self._running.add(job.id)
         try:
-            finished = self._record(job, self._attempt(job))
+            # The run's log lines (and the audio it decodes) belong to the request that submitted the job.
+            with working_for(job.request_id):
+                finished = self._record(job, self._attempt(job))
         finally:
             with self._wake:
                 self._cancelled.discard(job.id)

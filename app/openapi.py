@@ -73,7 +73,10 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (openai.ChatCompletionRequest, "validation"),
     (openai.ChatCompletion, "serialization"),
     (openai.ChatCompletionChunk, "serialization"),
+    (openai.TranslationJson, "serialization"),
+    (openai.VerboseTranslation, "serialization"),
     (webservice.AsrTranscription, "serialization"),
+    (webservice.DetectedLanguage, "serialization"),
 ]
 
 
@@ -173,10 +176,12 @@ def _upload_body(settings: Settings, extra: dict[str, Any] | None = None) -> dic
     }
 
 
-def _v1_upload_body(settings: Settings) -> dict[str, Any]:
-    """/v1/audio/transcriptions: OpenAI's fields, then the native options it accepts too."""
+def _v1_upload_body(settings: Settings, translation: bool = False) -> dict[str, Any]:
+    """/v1/audio/transcriptions and translations: OpenAI's fields, then the native options it accepts too (a
+    translation reads neither timestamp_granularities[] nor stream)."""
     fields = openai.TranscriptionRequest.model_json_schema(schema_generator=_Schema, by_alias=True)
-    extra = {name: _form_property(schema) for name, schema in fields["properties"].items()}
+    kept = ("model", "response_format") if translation else tuple(fields["properties"])
+    extra = {name: _form_property(schema) for name, schema in fields["properties"].items() if name in kept}
     return _upload_body(settings, extra)
 
 
@@ -189,6 +194,7 @@ _STATUS_MEANINGS = {
     413: "The upload is over the server's size limit, the form over its limits, or the audio longer than the "
     "server's duration limit.",
     415: "ffmpeg cannot decode the upload, it has no audio stream, or it holds no samples.",
+    422: "The audio decodes but holds no speech to identify a language in.",
     429: "The client is over the server's rate limit; retry after Retry-After seconds.",
     500: "The model raised while generating; the service keeps running.",
     503: "The model cannot be loaded or a segment does not fit in memory (the next request tries again), the "
@@ -202,6 +208,7 @@ _RESPONSE_NAMES = {
     408: "RequestTimeout",
     413: "UploadTooLarge",
     415: "UnsupportedAudio",
+    422: "NoSpeech",
     429: "RateLimited",
     500: "InferenceFailed",
     503: "Unavailable",
@@ -367,6 +374,22 @@ def _native_operations(settings: Settings) -> list[_Operation]:
             extra={"security": []},
         ),
         _Operation(
+            "/metrics",
+            "get",
+            "metrics",
+            "Prometheus metrics: requests, stage times, audio, tokens, batches, model state, jobs",
+            "service",
+            {
+                "200": {
+                    "description": "Prometheus' text exposition format (version 0.0.4).",
+                    "content": {"text/plain": {"schema": _TEXT}},
+                },
+                **_errors(401, 429),
+            },
+            description="Needs an API key like every route but /health, unless the server runs with "
+            "--metrics-public (then it needs none and is not rate limited).",
+        ),
+        _Operation(
             "/openapi.json",
             "get",
             "openapi",
@@ -494,6 +517,12 @@ def _v1_operations(settings: Settings) -> list[_Operation]:
             "TranscriptDone",
         ),
     }
+    translation_media = {
+        "application/json": {"schema": {"oneOf": [_ref("TranslationJson"), _ref("VerboseTranslation")]}},
+        "text/plain": {"schema": _TEXT},
+        "application/x-subrip": {"schema": _TEXT},
+        "text/vtt": {"schema": _TEXT},
+    }
     chat_media = {
         "application/json": {"schema": _ref("ChatCompletion")},
         "text/event-stream": _events(
@@ -539,6 +568,21 @@ def _v1_operations(settings: Settings) -> list[_Operation]:
             },
             _v1_upload_body(settings),
             description="An undecodable upload is a 400 with code unsupported_audio, as OpenAI answers.",
+        ),
+        _Operation(
+            "/v1/audio/translations",
+            "post",
+            "createTranslation",
+            "OpenAI's translation endpoint: English text from speech in any language, every response_format",
+            "openai",
+            {
+                "200": {"description": "The English text in the format asked for.", "content": translation_media},
+                **_errors(*_V1_UPLOAD_ERRORS, openai_api=True),
+            },
+            _v1_upload_body(settings, translation=True),
+            description="The Omni variants translate; Qwen3-ASR and the Captioner answer 400 (param model). "
+            "language names the speech's language; prompt is context (names and terms), not an instruction. "
+            "Subtitles are timed from each segment's speech, not aligned word by word.",
         ),
         _Operation(
             "/v1/chat/completions",
@@ -615,6 +659,26 @@ def _webservice_operations(settings: Settings) -> list[_Operation]:
             "accepted and ignored.",
             extra={"parameters": _query_parameters(webservice.AsrQuery)},
         ),
+        _Operation(
+            "/detect-language",
+            "post",
+            "detectLanguage",
+            "whisper-asr-webservice's language detection, from the first 30 s of speech",
+            "webservice",
+            {
+                "200": {
+                    "description": "The language, with the model's confidence.",
+                    "headers": {"Asr-Engine": headers["Asr-Engine"]},
+                    "content": _json("DetectedLanguage"),
+                },
+                **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503, 507),
+            },
+            body,
+            description="Qwen3-ASR names the language as it does before every transcript; the Omni models are "
+            "asked which language they hear and may answer only with one of the languages they transcribe. "
+            "A file without speech is 422 no_speech, never an empty or und code. The Captioner answers 400.",
+            extra={"parameters": _query_parameters(webservice.DetectLanguageQuery)},
+        ),
     ]
 
 
@@ -648,7 +712,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "WebVTT, synchronously or as asynchronous jobs, and an OpenAI-compatible API under /v1 "
             "(transcriptions, models, chat with audio). Security applies only when the server has API keys "
             "configured (ASR_API_KEY); then every route but /health needs one, sent as `Authorization: Bearer "
-            "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope.",
+            "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope. Every response carries an "
+            "`X-Request-ID` header: the client's own (a token of up to 128 letters, digits and `._:-`) or a new one; "
+            "error bodies, async jobs and the server's log lines carry the same id.",
         },
         "tags": [
             {"name": "service", "description": "Health and this document."},

@@ -8,17 +8,27 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
-from dataclasses import replace
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app import audio, vad
-from app.backends import Alignment, AlignmentRequest, GenerationParams, GenerationRequest, GenerationResult
+from app.backends import (
+    IDENTIFY_TOKENS,
+    Alignment,
+    AlignmentRequest,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+)
 from app.engine import Engine
-from app.errors import InferenceFailed, ServiceError
+from app.errors import InferenceFailed, NoSpeech, ServiceError
+from app.metrics import Metrics
 from app.protocol.native import TranscribeOptions
+from app.tracing import add_audio
 from app.transcript import Transcript, TranscriptSegment
 from app.words import from_alignment
 
@@ -31,6 +41,17 @@ Check = Callable[[], None]
 CHECK_SECONDS = 0.5
 # Segments of one transcription waiting in the engine at once: enough to fill several batches.
 MAX_IN_FLIGHT = 64
+# Language identification hears this much speech from the start of the file, as Whisper's detection does.
+IDENTIFY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class LanguageGuess:
+    """The language identified in a file's first speech, the model's probability for it, and how much it heard."""
+
+    language: str
+    confidence: float
+    seconds: float
 
 
 class Pipeline:
@@ -43,8 +64,11 @@ class Pipeline:
         max_audio_seconds: float | None = None,
         *,
         paced: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        # Where decode and VAD times and the audio processed are recorded (none: not recorded).
+        self.metrics = metrics
         # False for a model whose output does not follow the audio's length (the Captioner): no runaway guard.
         self.paced = paced
         self.speech = speech or vad.SpeechModel(vad.VadSettings())
@@ -79,6 +103,59 @@ class Pipeline:
             processing_seconds=time.monotonic() - started,
         )
 
+    def identify(
+        self, path: str | Path, speech_only: bool, check: Check | None = None, *, probed: bool = False
+    ) -> LanguageGuess:
+        """The language of the first IDENTIFY_SECONDS of speech in the file (with speech_only, found by the VAD),
+        or of audio.
+
+        NoSpeech when there is none to hear; InferenceFailed if the model named no language.
+        """
+        if not probed:
+            self.probe(path)
+        samples = self._first_audio(path, speech_only)
+        self._count_audio(len(samples) / audio.SAMPLE_RATE)
+        if not len(samples):
+            raise NoSpeech("no speech was found in the audio, so its language cannot be identified")
+        params = GenerationParams(IDENTIFY_TOKENS, 0.0, 1.0)
+        future = self.engine.submit([GenerationRequest(samples, params, task="identify")])[0]
+        try:
+            while True:
+                try:
+                    result = future.result(timeout=CHECK_SECONDS)
+                    break
+                except TimeoutError:
+                    if check:
+                        check()
+        finally:
+            future.cancel()  # no-op once finished; frees the worker from abandoned work
+        if result.language is None or result.confidence is None:
+            raise InferenceFailed("the model named no language for this audio")
+        return LanguageGuess(result.language, result.confidence, len(samples) / audio.SAMPLE_RATE)
+
+    def _count_audio(self, seconds: float) -> None:
+        """Audio decoded for the current request, and for the service's metrics."""
+        add_audio(seconds)
+        if self.metrics is not None:
+            self.metrics.audio_seconds.inc(seconds)
+
+    def _first_audio(self, path: str | Path, speech_only: bool) -> np.ndarray:
+        """The first IDENTIFY_SECONDS of the file's speech or audio, joined; ffmpeg stops there."""
+        need = round(IDENTIFY_SECONDS * audio.SAMPLE_RATE)
+        if speech_only:
+            produced = vad.speech_segments(path, IDENTIFY_SECONDS, self.speech, self.max_audio_seconds)
+        else:
+            produced = audio.stream_segments(path, IDENTIFY_SECONDS, self.max_audio_seconds)
+        kept: list[np.ndarray] = []
+        have = 0
+        with closing(produced):
+            for segment in produced:
+                kept.append(segment.samples[: need - have])
+                have += len(kept[-1])
+                if have >= need:
+                    break
+        return np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+
     def segments(
         self,
         path: str | Path,
@@ -102,8 +179,10 @@ class Pipeline:
         too), and the segment carries the aligner's words; without them (no aligner, an unsupported language)
         the words are estimated where they are needed.
         """
-        # Captions describe sounds rather than say words: there is nothing to align.
-        align = align and self.paced
+        stats = stats if stats is not None else audio.DecodeStats()
+        # Captions describe sounds rather than say words, and a translation's words are not the ones spoken:
+        # there is nothing to align (their words are estimated over the speech where needed).
+        align = align and self.paced and options.task == "transcribe"
         params = GenerationParams(
             options.max_new_tokens, options.temperature, options.repetition_penalty, paced=self.paced
         )
@@ -210,7 +289,9 @@ class Pipeline:
             for segment in produced:
                 if check:
                     check()
-                request = GenerationRequest(segment.samples, params, options.language, options.prompt)
+                request = GenerationRequest(
+                    segment.samples, params, options.language, options.prompt, task=options.task
+                )
                 generated = self.engine.submit([request])[0]
                 submitted.append(generated)
                 future = follow(segment, generated)
@@ -223,6 +304,11 @@ class Pipeline:
             while pending:
                 settle(block=True)
                 yield from ready()
+            self._count_audio(stats.seconds)
+            if self.metrics is not None:
+                self.metrics.decode.observe(stats.decode_seconds)
+                if options.vad:
+                    self.metrics.vad.observe(stats.vad_seconds)
         finally:
             produced.close()  # stops ffmpeg at once when the work was abandoned
             with closing:

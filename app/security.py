@@ -17,6 +17,11 @@ from app.settings import Settings
 OPEN_PATHS = frozenset({"/health"})
 
 
+def open_paths(settings: Settings) -> frozenset[str]:
+    """The paths served without a key or a rate limit: /health, and /metrics when it is made public."""
+    return OPEN_PATHS | {"/metrics"} if settings.metrics_public else OPEN_PATHS
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
@@ -77,6 +82,12 @@ def caller() -> Caller:
     return found
 
 
+def client_identity() -> str:
+    """Who the request came from, for the logs: its key's id (never the key), else its address."""
+    owner = caller().owner
+    return f"key:{owner[:12]}" if owner is not None else f"addr:{request.remote_addr or 'unknown'}"
+
+
 def _client(check: KeyCheck | None) -> str:
     """Whom a rate limit counts: a valid key, else the client address (so guessing keys gains no fresh budget)."""
     key = presented_key()
@@ -93,6 +104,7 @@ def install_security(app: Flask, settings: Settings) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     keys = settings.api_keys + settings.admin_api_keys
     check = KeyCheck(keys) if keys else None
+    unchecked = open_paths(settings)
     admins = KeyCheck(settings.admin_api_keys)
     if settings.rate_limit.strip():
         # Before the key check, so a client guessing keys is throttled too. One gunicorn worker process holds
@@ -104,13 +116,13 @@ def install_security(app: Flask, settings: Settings) -> None:
             storage_uri="memory://",
             headers_enabled=True,
         )
-        limiter.request_filter(lambda: request.path in OPEN_PATHS)
+        limiter.request_filter(lambda: request.path in unchecked)
     if check is not None:
         valid = check
 
         @app.before_request
         def _require_key() -> None:
-            if request.path in OPEN_PATHS:
+            if request.path in unchecked:
                 return
             key = presented_key()
             if not valid.accepts(key):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import current_app
+from prometheus_client.core import Metric
 
 from app.backends import Aligner, AlignerDownloading, Backend
 from app.checkpoints import DownloadProgress
 from app.engine import Engine
 from app.jobs import JobRunner, JobStore
+from app.metrics import Metrics, engine_figures, job_figures
 from app.pipeline import Pipeline
 from app.settings import Settings
 from app.storage import DiskGuard
@@ -37,6 +40,7 @@ class Services:
     outputs_dir: Path
     disk: DiskGuard
     download: DownloadProgress
+    metrics: Metrics
 
     def start(self) -> None:
         """Start the inference worker and the job runners (the model itself still loads lazily)."""
@@ -139,6 +143,7 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
     for leftover in uploads.iterdir():
         leftover.unlink(missing_ok=True)
     download = DownloadProgress()
+    metrics = Metrics()
     engine = Engine(
         loader or real_loader(settings, download),
         idle_timeout=settings.idle_timeout,
@@ -147,12 +152,14 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         release=release_memory,
         # A test's own loader (a faulty backend) runs without an aligner.
         aligner_loader=None if loader is not None else aligner_loader(settings, download),
+        metrics=metrics,
     )
     pipeline = Pipeline(
         engine,
         SpeechModel(settings.vad_settings),
         settings.max_audio_duration,
         paced=settings.model_variant.paced,
+        metrics=metrics,
     )
     store = JobStore(data / "jobs.sqlite3")
     disk = DiskGuard(data, settings.min_free_space)
@@ -165,4 +172,15 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         retention_seconds=settings.retention_hours * 3600,
         disk=disk,
     )
-    return Services(settings, engine, pipeline, store, runner, uploads, outputs, disk, download)
+
+    def scraped() -> Iterator[Metric]:
+        yield from engine_figures(engine.status(), engine.aligner_status())
+        try:
+            counts = store.counts()
+        except (sqlite3.Error, OSError):  # /health reports an unreadable database; the scrape goes on without it
+            log.warning("job counts left out of /metrics: the job database cannot be read", exc_info=True)
+            return
+        yield from job_figures(counts)
+
+    metrics.watch(scraped)
+    return Services(settings, engine, pipeline, store, runner, uploads, outputs, disk, download, metrics)

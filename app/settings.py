@@ -12,6 +12,7 @@ from typing import Any
 
 from app.protocol.native import TranscribeOptions
 from app.protocol.validation import parse_flag
+from app.tracing import LOG_FORMATS
 from app.vad import VadSettings
 from app.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
@@ -124,6 +125,12 @@ class Settings:
     trusted_proxies: int = _setting(0, "ASR_TRUSTED_PROXIES", "reverse proxies setting X-Forwarded-For")
     # Async jobs waiting at once; more are refused with 503 and Retry-After, so the queue cannot grow unbounded.
     max_queued_jobs: int = _setting(100, "ASR_MAX_QUEUED_JOBS", "most async jobs queued at once")
+    # GET /metrics (Prometheus) needs an API key like every route but /health; public opens it to scrapers
+    # without one (keep the port private then: the figures show how the service is used).
+    metrics_public: bool = _setting(False, "ASR_METRICS_PUBLIC", "serve /metrics without an API key")
+    # One line per request (id, route, status, audio and processing seconds, client) and every other line, as
+    # plain text or as JSON lines for a log collector.
+    log_format: str = _setting("plain", "ASR_LOG_FORMAT", "plain or json (JSON lines)", choices=LOG_FORMATS)
     # Finished jobs, their files and output files older than this are deleted; 0 keeps them forever.
     retention_hours: float = _setting(
         168.0, "ASR_RETENTION_HOURS", "hours finished jobs and outputs are kept (0 = forever)"
@@ -139,6 +146,8 @@ class Settings:
         if self.device == "auto":
             object.__setattr__(self, "device", variant.device)
         self.default_options()  # validates the option defaults the same way requests are
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.min_free_space < 0:

@@ -40,8 +40,7 @@ def form_options() -> TranscribeOptions:
     The one place a form becomes options, for the native routes and /v1 alike.
     """
     settings = current_services().settings
-    accepts_prompt = settings.model_variant.task != "caption"
-    return parse_options(request.form, settings.default_options(), accepts_prompt=accepts_prompt)
+    return parse_options(request.form, settings.default_options(), settings.model_variant)
 
 
 def uploaded_file(field: str = "file") -> FileStorage:

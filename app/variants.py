@@ -53,6 +53,27 @@ class Variant:
         return self.family != "qwen3-asr"
 
     @property
+    def identifies(self) -> bool:
+        """Whether the language spoken can be asked for (/detect-language): not of the Captioner, which takes
+        no question."""
+        return self.task != "caption"
+
+    @property
+    def translates(self) -> bool:
+        """Whether task=translate is served: the Omni thinkers follow a translation instruction; Qwen3-ASR only
+        transcribes, and the Captioner takes no instruction at all."""
+        return self.family != "qwen3-asr" and self.task != "caption"
+
+    @property
+    def why_not_translate(self) -> str:
+        """Why translate is refused, in a client's words; empty when it is served."""
+        if self.task == "caption":
+            return "it describes the audio and takes no instruction"
+        if self.family == "qwen3-asr":
+            return "Qwen3-ASR only transcribes; an Omni variant (awq, full, 3b, instruct-awq) translates"
+        return ""
+
+    @property
     def thinker_class(self) -> str:
         """Name of the transformers class that loads this variant's thinker."""
         return THINKER_CLASSES[self.family]

@@ -20,9 +20,23 @@ worker_connections = 2000
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# The service logs one line per request itself (app/observability.py: its id, route, status, audio and
+# processing seconds, client); gunicorn's access log would be a second, less useful line.
+accesslog = None
 errorlog = "-"
 loglevel = "info"
+if _settings.log_format == "json":
+    # gunicorn's own lines (start, worker exits, refused requests) as JSON lines too.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "app.tracing.JsonLines"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        # Replaces gunicorn's defaults whole (it merges only the top level): the root logger, which the service's
+        # own lines go to, writes JSON lines as well.
+        "root": {"level": "INFO", "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }
 # The app (and the model, later) load in the worker after fork, never in the master.
 preload_app = False
 # Nothing here uses gunicorn's control socket; it would be written under $HOME, which may be read-only.

@@ -23,6 +23,12 @@ def tiny_qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_asr_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen3-ASR checkpoint."""
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen3-asr"), "qwen3-asr")
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoints(
     tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_qwen3_checkpoint: Path
 ) -> Callable[[str, str], Path]:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -30,6 +30,11 @@ AUDIO_MARKER_TOKENS = 2
 # counting a token per 3 bytes rarely underestimates.
 BYTES_PER_TOKEN = 3
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+# What a request asks of the model: its speech as text, that speech in English, or the language it is in.
+RequestTask = Literal["transcribe", "translate", "identify"]
+# An identification answers with a language name of a few tokens: its cost in a batch.
+IDENTIFY_TOKENS = 32
 
 # C0 and C1 control characters but tab and newline, and DEL. A model can emit them (random or confused weights,
 # byte-level tokens); in subtitles they break players (ffmpeg drops every SRT cue after a NUL) and in JSON
@@ -119,6 +124,9 @@ class GenerationRequest:
     language: str | None = None
     prompt: str | None = None
     chat: ChatPrompt | None = None
+    # identify: which language the audio is in (result.language, with result.confidence); such requests share
+    # a batch only with each other. translate: its text in English; it shares a batch with transcriptions.
+    task: RequestTask = "transcribe"
     # Streams the text as it is generated. Called on the inference worker thread, zero or more times during
     # generation and once more as it ends (before the result is returned), with each new non-empty piece of
     # decoded text, in order. For stop_reason "eos" or "max_tokens" the pieces joined are exactly the
@@ -140,6 +148,8 @@ class GenerationRequest:
     @property
     def token_limit(self) -> int:
         """New tokens allowed: the client's max_new_tokens, for a segment capped from its length."""
+        if self.task == "identify":
+            return IDENTIFY_TOKENS
         if self.chat is not None or not self.params.paced:
             # An answer's or a caption's length has nothing to do with its audio's: no runaway guard.
             return max(self.params.min_new_tokens, self.params.max_new_tokens)
@@ -164,8 +174,10 @@ class GenerationResult:
     tokens: int = 0
     # The row's prompt length in tokens (template, text and audio), without padding.
     prompt_tokens: int = 0
-    # The language the model identified (a code), for models that report one (Qwen3-ASR).
+    # The language the model identified (a code), for models that report one (Qwen3-ASR), and for identify.
     language: str | None = None
+    # identify: the probability the model gives that language, among the languages it could name.
+    confidence: float | None = None
 
 
 # Qwen's own recipe aligns at most 3 minutes of audio at a time (MAX_FORCE_ALIGN_INPUT_SECONDS): a longer

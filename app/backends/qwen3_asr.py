@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.backends import GenerationRequest
+from app.backends.choices import Choice
 from app.backends.loading import attention, complete, load_dtype
 from app.backends.qwen_omni import MIN_SAMPLES, QwenOmniBackend, _at_least
 from app.devices import resolve_device
@@ -87,17 +88,29 @@ class Qwen3AsrBackend(QwenOmniBackend):
             raise ValueError("Qwen3-ASR transcribes; it does not answer conversations")
         inputs = self.processor.apply_transcription_request(
             audio=[_at_least(r.samples, MIN_SAMPLES) for r in batch],
-            # A language outside the model's table is left to its own identification.
-            language=[r.language if r.language in self._names else None for r in batch],
+            # A language outside the model's table is left to its own identification, as is every language
+            # when identifying is the request.
+            language=[r.language if r.language in self._names and r.task != "identify" else None for r in batch],
             # Client context loses the template's special tokens, as Omni prompts do: an audio placeholder in it
             # would take another row's audio and fail the whole batch.
-            prompt=[self._context(r.prompt) for r in batch],
+            prompt=[self._context(r.prompt) if r.task != "identify" else None for r in batch],
             processor_kwargs={"padding_side": "left"},
         )
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
         return inputs
+
+    def _language_choices(self) -> list[Choice]:
+        """The model's own identification: `language <Name>` as it writes it, ended by <asr_text>."""
+        if self._choices is None:
+            tokenizer = self.processor.tokenizer
+            end = tokenizer.convert_tokens_to_ids(MARKER)
+            self._choices = [
+                Choice(code, (*tokenizer.encode(f"language {name}", add_special_tokens=False), end))
+                for code, name in self._names.items()
+            ]
+        return self._choices
 
     def _context(self, prompt: str | None) -> str | None:
         text = self._special.sub("", prompt) if prompt and self._special is not None else prompt

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, printable
+from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, RequestTask, printable
+from app.backends.choices import Choice, ChoiceConstraint, chosen
 from app.backends.loading import attention, complete, load_dtype, thinker_loading
 from app.backends.stopping import (
     RepetitionLoop,
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # The ASR prompt from Qwen's cookbook.
 SYSTEM_PROMPT = "You are a speech recognition model."
 DEFAULT_INSTRUCTION = "Transcribe the audio into text."
+# Speech translation as the cookbook (universal audio understanding) asks for it, into English.
+TRANSLATION_SYSTEM_PROMPT = "You are a speech translation model."
+# Language identification: the answer is held to the names of LANGUAGES (app/backends/choices.py).
+IDENTIFY_INSTRUCTION = "Which language is spoken in this audio? Answer with the language's name in English."
 # Below this, sampling is greedy decoding in all but name, and logits divided by a temperature near zero
 # overflow to inf (NaN probabilities): decode greedily instead.
 MIN_SAMPLING_TEMPERATURE = 0.01
@@ -47,17 +52,29 @@ def instruction_for(language: str | None, prompt: str | None) -> str:
     return DEFAULT_INSTRUCTION
 
 
-def conversation(task: Task, language: str | None, prompt: str | None) -> list[dict[str, Any]]:
-    """The chat messages for one segment; the audio itself goes to the processor separately."""
+def translation_instruction(language: str | None, context: str | None) -> str:
+    """The cookbook's translation instruction into English; a client's prompt is context, as Whisper's is."""
+    spoken = f"{LANGUAGES.get(language, language)} " if language else ""
+    instruction = f"Listen to the provided {spoken}speech and produce a translation in English text."
+    return f"{instruction} It may mention: {context}" if context else instruction
+
+
+def conversation(
+    task: Task, language: str | None, prompt: str | None, asked: RequestTask = "transcribe"
+) -> list[dict[str, Any]]:
+    """The chat messages for one segment (asked: what this request wants of it); the audio itself goes to the
+    processor separately."""
     if task == "caption":
         # The Captioner takes no text at all: the audio alone is the whole user turn.
         return [{"role": "user", "content": [{"type": "audio"}]}]
+    system, instruction = SYSTEM_PROMPT, instruction_for(language, prompt)
+    if asked == "translate":
+        system, instruction = TRANSLATION_SYSTEM_PROMPT, translation_instruction(language, prompt)
+    elif asked == "identify":
+        instruction = IDENTIFY_INSTRUCTION
     return [
-        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-        {
-            "role": "user",
-            "content": [{"type": "audio"}, {"type": "text", "text": instruction_for(language, prompt)}],
-        },
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]},
     ]
 
 
@@ -80,6 +97,8 @@ class QwenOmniBackend:
         # What each streaming request's callback was given, so a retry of the request resumes after it. The
         # state holds no callback, so nothing in it keeps its request alive.
         self._streams: weakref.WeakKeyDictionary[GenerationRequest, StreamState] = weakref.WeakKeyDictionary()
+        # The answers a language identification may give, tokenized once.
+        self._choices: list[Choice] | None = None
 
     @classmethod
     def load(cls, settings: Settings, checkpoint: str) -> QwenOmniBackend:
@@ -128,6 +147,8 @@ class QwenOmniBackend:
         import torch
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
 
+        if batch[0].task == "identify":
+            return self._identify(batch)
         params = batch[0].params
         inputs = self._inputs(batch)
         prompt_length = inputs["input_ids"].shape[1]
@@ -184,6 +205,53 @@ class QwenOmniBackend:
             for row, limit, looped, prompt in zip(rows, limits, loops.detected.tolist(), prompt_tokens, strict=True)
         ]
 
+    def _identify(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """The language of each request's audio: the answer held to the names the model may give (one generate
+        call, greedy), with its probability among them."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        choices = self._language_choices()
+        inputs = self._inputs(batch)
+        prompt_length = inputs["input_ids"].shape[1]
+        constraint = ChoiceConstraint(prompt_length, choices, self._pad)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max(len(c.tokens) for c in choices),
+                    do_sample=False,
+                    repetition_penalty=1.0,
+                    logits_processor=LogitsProcessorList([constraint]),
+                    eos_token_id=sorted({c.tokens[-1] for c in choices}),
+                    pad_token_id=self._pad,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+        except torch.OutOfMemoryError as exc:
+            del inputs
+            torch.cuda.empty_cache()
+            raise BackendOutOfMemory(str(exc)) from None
+        lengths = {c.value: len(c.tokens) for c in choices}
+        prompts = inputs["attention_mask"].sum(dim=1).tolist()
+        results = []
+        answers = chosen(output.sequences, output.scores, prompt_length, choices)
+        for answer, prompt in zip(answers, prompts, strict=True):
+            code, confidence = answer if answer is not None else (None, None)
+            tokens = lengths[code] if code is not None else 0
+            results.append(GenerationResult("", "eos", tokens, prompt, language=code, confidence=confidence))
+        return results
+
+    def _language_choices(self) -> list[Choice]:
+        """What an identification may answer: each language's English name, then the end of the turn."""
+        if self._choices is None:
+            tokenizer = self.processor.tokenizer
+            self._choices = [
+                Choice(code, (*tokenizer.encode(name, add_special_tokens=False), self._eos[0]))
+                for code, name in LANGUAGES.items()
+            ]
+        return self._choices
+
     def _inputs(self, batch: Sequence[GenerationRequest]) -> Any:
         """The processor's tensors for a batch on the model's device: one prompt per row, left padded."""
         texts: list[str] = []
@@ -192,7 +260,7 @@ class QwenOmniBackend:
             if r.chat is not None:
                 messages, clips = r.chat.messages, r.chat.audios
             else:
-                messages, clips = conversation(self.task, r.language, r.prompt), [r.samples]
+                messages, clips = conversation(self.task, r.language, r.prompt, r.task), [r.samples]
             texts.append(
                 self.processor.apply_chat_template(self._plain(messages), add_generation_prompt=True, tokenize=False)
             )

@@ -1,5 +1,6 @@
 """The OpenAI-compatible API under /v1, a module per feature as vLLM lays out its entrypoints: models,
-transcriptions, chat completions, and the server-sent events the last two stream. The route table is here.
+transcriptions and translations, chat completions, and the server-sent events they stream. The route table is
+here.
 """
 
 from __future__ import annotations
@@ -12,4 +13,5 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 bp.add_url_rule("/models", view_func=models.list_models, methods=["GET"])
 bp.add_url_rule("/models/<path:name>", view_func=models.get_model, methods=["GET"])
 bp.add_url_rule("/audio/transcriptions", view_func=transcriptions.transcriptions, methods=["POST"])
+bp.add_url_rule("/audio/translations", view_func=transcriptions.translations, methods=["POST"])
 bp.add_url_rule("/chat/completions", view_func=chat.chat_completions, methods=["POST"])

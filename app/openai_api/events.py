@@ -11,6 +11,7 @@ from flask import Response, stream_with_context
 from pydantic import BaseModel
 
 from app.errors import ServiceError, openai_error_body
+from app.tracing import current_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _errors_as_events(events: Iterator[str], what: str) -> Iterator[str]:
         # yield from: closing this generator closes events too, so their own cleanup runs.
         yield from events
     except ServiceError as exc:
-        yield sse(openai_error_body(exc.status, exc.code, exc.message, exc.param))
+        yield sse(openai_error_body(exc.status, exc.code, exc.message, exc.param, current_id()))
     except Exception:  # a bug: the client gets an error event, the log gets the traceback
         log.exception("%s failed", what)
-        yield sse(openai_error_body(500, "internal_error", "internal server error"))
+        yield sse(openai_error_body(500, "internal_error", "internal server error", request_id=current_id()))

@@ -1,4 +1,5 @@
-"""POST /v1/audio/transcriptions: OpenAI's transcription endpoint, every response_format, and streaming."""
+"""POST /v1/audio/transcriptions and /v1/audio/translations: OpenAI's speech-to-text endpoints, every
+response_format, and streaming for transcriptions."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from app.openai_api.events import event_stream, sse
 from app.openai_api.models import check_model
 from app.outputs import save_transcript
 from app.pipeline import identified
-from app.protocol.native import LANGUAGES, TranscribeOptions, WordTiming
+from app.protocol.native import LANGUAGES, Task, TranscribeOptions, WordTiming
 from app.protocol.openai import (
     STREAM_FORMATS,
     DurationUsage,
@@ -26,8 +27,10 @@ from app.protocol.openai import (
     TranscriptDone,
     TranscriptionJson,
     TranscriptionRequest,
+    TranslationJson,
     VerboseSegment,
     VerboseTranscription,
+    VerboseTranslation,
 )
 from app.protocol.validation import validate
 from app.services import Services, current_services
@@ -39,12 +42,15 @@ from app.words import words_of
 log = logging.getLogger(__name__)
 
 
-def _request() -> TranscriptionRequest:
-    """OpenAI's fields of the form, validated; the native options are read by form_options()."""
+def _request(task: Task = "transcribe") -> TranscriptionRequest:
+    """OpenAI's fields of the form, validated; the native options are read by form_options(). Translations take
+    neither timestamp_granularities[] nor stream (OpenAI's translations have neither): both are ignored there."""
     form = request.form
     fields: dict[str, object] = {"model": form.get("model")}
     if (response_format := (form.get("response_format") or "").strip()) != "":
         fields["response_format"] = response_format
+    if task == "translate":
+        return validate(TranscriptionRequest, fields)
     # OpenAI's SDKs send the list as timestamp_granularities[]; plain form encoders without the brackets.
     granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
     for value in granularities:
@@ -92,15 +98,40 @@ def transcriptions() -> Response:
     return response
 
 
+def translations() -> Response:
+    """OpenAI's translation endpoint: English text from speech in any language, in every response_format."""
+    services = current_services()
+    file = uploaded_file()
+    asked = _request("translate")
+    check_model(services.settings, asked.model)
+    # The same options as a transcription, the task aside: language names the speech's, prompt is context.
+    options = form_options().model_copy(update={"task": "translate"})
+    if not services.settings.model_variant.translates:
+        raise InvalidOption("model", services.settings.model_variant.why_not_translate)
+    with local_path(file) as path:
+        transcript = services.pipeline.transcribe(
+            path, options, check=client_check(), align=asked.response_format in ("srt", "vtt")
+        )
+    text, output_file = save_transcript(services.outputs_dir, transcript)
+    response = _render(asked, transcript, text, options)
+    response.headers["X-Output-File"] = output_file
+    return response
+
+
 def _usage(transcript: Transcript) -> DurationUsage:
     return DurationUsage(seconds=math.ceil(transcript.duration))
 
 
 def _render(asked: TranscriptionRequest, transcript: Transcript, text: str, options: TranscribeOptions) -> Response:
     response_format = asked.response_format
+    translated = options.task == "translate"
     if response_format == "json":
+        if translated:
+            return jsonify(TranslationJson(text=text).body())
         return jsonify(TranscriptionJson(text=text, usage=_usage(transcript)).body())
     if response_format == "verbose_json":
+        if translated:
+            return jsonify(verbose_translation(transcript, text, options).body())
         return jsonify(verbose_json(transcript, text, options, asked.timestamp_granularities).body())
     body = {"text": render_text, "srt": render_srt, "vtt": render_vtt}[response_format]
     return Response(body(transcript), content_type=CONTENT_TYPES[response_format])
@@ -120,6 +151,16 @@ def verbose_json(
         segments=[_verbose_segment(s, options) for s in transcript.segments] if with_segments else None,
         words=[WordTiming.of(w) for s in transcript.segments for w in words_of(s)] if "word" in granularities else None,
         usage=_usage(transcript),
+    )
+
+
+def verbose_translation(transcript: Transcript, text: str, options: TranscribeOptions) -> VerboseTranslation:
+    """OpenAI's verbose_json of a translation: its language is the output's, always english."""
+    return VerboseTranslation(
+        language="english",
+        duration=round(transcript.duration, 3),
+        text=text,
+        segments=[_verbose_segment(s, options) for s in transcript.segments],
     )
 
 

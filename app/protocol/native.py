@@ -13,6 +13,7 @@ from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from app.errors import InvalidOption, quoted
 from app.protocol.validation import FormFlag, invalid, numeric_ranges, validate
 from app.transcript import StopReason, Transcript, TranscriptSegment, Word
+from app.variants import DEFAULT_VARIANT, VARIANTS, Variant
 from app.words import words_of
 
 # The official feature extractor pads/truncates at 300 s (n_samples 4 800 000): longer segments would be cut.
@@ -22,6 +23,9 @@ MAX_NEW_TOKENS_LIMIT = 32768
 MAX_TEMPERATURE = 2.0
 REPETITION_PENALTY_RANGE = (0.5, 3.0)
 MAX_PROMPT_CHARS = 4000
+
+# What a transcription produces: the words as spoken, or their English translation.
+Task = Literal["transcribe", "translate"]
 
 # The ranges both APIs share (the chat's max_tokens and temperature are the same quantities).
 MaxNewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS_LIMIT)]
@@ -138,7 +142,14 @@ class TranscribeOptions(BaseModel):
         None,
         max_length=MAX_PROMPT_CHARS,
         description=f"An instruction replacing 'Transcribe the audio into text.', at most {MAX_PROMPT_CHARS} "
-        "characters after trimming. Empty means the default instruction.",
+        "characters after trimming. Empty means the default instruction. With task=translate it is context "
+        "(names and terms the audio holds) added to the translation instruction, as Whisper's prompt is.",
+    )
+    task: Task = Field(
+        "transcribe",
+        description="transcribe: text in the language spoken; translate: English text from speech in any "
+        "language (the Omni variants; language then names the speech's language). Translations are not word "
+        "aligned: their subtitles are timed from each segment's speech.",
     )
 
     def __init__(self, **data: Any) -> None:
@@ -194,22 +205,22 @@ RANGES = numeric_ranges(TranscribeOptions)
 # The fields whose empty value means "the server's default" (an empty language or prompt means "none").
 _DEFAULTED_WHEN_BLANK = (
     "segment_duration", "max_new_tokens", "temperature", "repetition_penalty", "enable_s2t", "vad",
-    "word_timestamps",
+    "word_timestamps", "task",
 )  # fmt: skip
 
 
 def parse_options(
-    form: Mapping[str, str], defaults: TranscribeOptions, *, accepts_prompt: bool = True
+    form: Mapping[str, str], defaults: TranscribeOptions, variant: Variant = VARIANTS[DEFAULT_VARIANT]
 ) -> TranscribeOptions:
-    """Build options from form fields, falling back to the server's defaults for absent or empty fields.
-
-    accepts_prompt is False for models that take no text instruction (the Captioner).
-    """
+    """Build options from form fields, falling back to the server's defaults for absent or empty fields, and
+    refuse what the variant cannot do (a prompt to the Captioner, a translation by Qwen3-ASR)."""
     given = {name: form[name] for name in TranscribeOptions.model_fields if form.get(name) is not None}
     given = {k: v for k, v in given.items() if k not in _DEFAULTED_WHEN_BLANK or v.strip() != ""}
     options = validate(TranscribeOptions, {**defaults.to_dict(), **given})
-    if options.prompt and not accepts_prompt:
+    if options.prompt and variant.task == "caption":
         raise InvalidOption("prompt", "this model takes no text prompt (it captions the audio as it is)")
+    if options.task == "translate" and not variant.translates:
+        raise InvalidOption("task", f"the {variant.name} variant cannot translate: {variant.why_not_translate}")
     return options
 
 
@@ -247,8 +258,16 @@ def absent(value: object) -> bool:
 class ErrorDetail(Shape):
     """What went wrong, as a code a client can branch on and a message a person can act on."""
 
+    OMITTED = ("request_id",)
+
     code: str
     message: str
+    request_id: str | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=absent,
+        description="The request's id (its X-Request-ID), as the server's log lines name it; left out of the "
+        "errors the HTTP server answers before the service reads a request.",
+    )
 
 
 class Error(Shape):
@@ -394,6 +413,10 @@ class Job(Shape):
     OMITTED = ("completed_at", "transcription", "output_file", "duration", "segments", "error")
 
     job_id: str
+    request_id: str | None = Field(
+        description="The X-Request-ID of the request that submitted it; the job's log lines carry it too. Null "
+        "for jobs of older versions."
+    )
     # Inline rather than a component of its own: the states read where the field is.
     status: Annotated[JobState, WithJsonSchema({"type": "string", "enum": [state.value for state in JobState]})]
     progress: JobProgress
@@ -448,6 +471,7 @@ class ModelHealth(Shape):
     idle_timeout: float = Field(ge=0)
     seconds_until_unload: float | None
     loads: int = Field(ge=0)
+    unloads: int = Field(ge=0, description="Times the model was unloaded (idle, or to retry after a fault).")
     batch_size: int = Field(ge=1)
     token_budget: int = Field(ge=1)
     oom_batch_splits: int = Field(ge=0)

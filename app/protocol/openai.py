@@ -21,10 +21,15 @@ Role = Literal["system", "developer", "user", "assistant"]
 class OpenAIErrorDetail(Shape):
     """OpenAI's error object."""
 
+    OMITTED = ("request_id",)
+
     message: str
     type: Literal["invalid_request_error", "authentication_error", "rate_limit_error", "server_error"]
     param: str | None = Field(description="The request field at fault, when there is one.")
     code: str
+    request_id: str | SkipJsonSchema[None] = Field(
+        None, exclude_if=absent, description="The request's id (its X-Request-ID), as the server's log lines name it."
+    )
 
 
 class OpenAIError(Shape):
@@ -105,6 +110,22 @@ class VerboseTranscription(Shape):
         description="Every word of the transcript in order, with timestamp_granularities[]=word.",
     )
     usage: DurationUsage
+
+
+class TranslationJson(Shape):
+    """A translation's response_format=json, as OpenAI answers it: the English text alone."""
+
+    text: str
+
+
+class VerboseTranslation(Shape):
+    """A translation's response_format=verbose_json."""
+
+    task: Literal["translate"] = "translate"
+    language: Literal["english"] = Field(description="The output's language: always english.")
+    duration: float = Field(ge=0)
+    text: str
+    segments: list[VerboseSegment]
 
 
 class TranscriptDelta(Shape):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.protocol.native import LANGUAGES, MAX_PROMPT_CHARS, Shape, absent
+from app.protocol.native import LANGUAGES, MAX_PROMPT_CHARS, Shape, Task, absent
 from app.protocol.validation import FormFlag
 from app.text import compression_ratio, is_cjk
 from app.transcript import Transcript, TranscriptSegment
@@ -21,8 +21,10 @@ class AsrQuery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    task: Literal["transcribe", "translate"] = Field(
-        "transcribe", description="translate (English text) is refused with 400 for now."
+    task: Task = Field(
+        "transcribe",
+        description="translate: English text from speech in any language (the Omni variants; Qwen3-ASR and the "
+        "Captioner answer 400). language then names the speech's language, and initial_prompt is context.",
     )
     language: str | None = Field(
         None,
@@ -118,4 +120,34 @@ class AsrTranscription(Shape):
             text=text,
             segments=[AsrSegment.of(s, temperature, words=words) for s in transcript.segments],
             language=transcript.language,
+        )
+
+
+class DetectLanguageQuery(BaseModel):
+    """POST /detect-language's query. Unknown parameters (video_file, subgen's detect_lang_length and
+    detect_lang_offset...) are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    encode: FormFlag = Field(
+        True,
+        description="false: the audio_file is headerless signed 16-bit little-endian mono PCM at 16 kHz (what "
+        "Bazarr sends); true: any format ffmpeg reads.",
+    )
+
+
+class DetectedLanguage(Shape):
+    """POST /detect-language: the language of the first 30 s of speech, as whisper-asr-webservice answers it."""
+
+    detected_language: str = Field(description="Its English name in lower case, as Whisper names it (english).")
+    language_code: str = Field(description="Its code (en): never empty and never und.")
+    confidence: float = Field(
+        ge=0, le=1, description="The model's probability for this language among those it can name."
+    )
+
+    @classmethod
+    def of(cls, code: str, confidence: float) -> DetectedLanguage:
+        """The answer for a language code the model identified."""
+        return cls(
+            detected_language=LANGUAGES.get(code, code).lower(), language_code=code, confidence=round(confidence, 4)
         )

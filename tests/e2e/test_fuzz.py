@@ -124,9 +124,10 @@ def pick(seed: Any, choices: int) -> int:
 def test_both_apis(case: Case, fuzz_server: Server, clip: bytes, job_ids: list[str]) -> None:
     """No 5xx on any operation of either API; every status, content type, header and body is the documented one."""
     path = case.operation.path
-    uploads = path.startswith("/transcribe") or path == "/v1/audio/transcriptions"
-    field = "audio_file" if path == "/asr" else "file"
-    if (uploads or path == "/asr") and isinstance(case.body, dict) and field in case.body:
+    webservice = path in ("/asr", "/detect-language")
+    uploads = path.startswith("/transcribe") or path in ("/v1/audio/transcriptions", "/v1/audio/translations")
+    field = "audio_file" if webservice else "file"
+    if (uploads or webservice) and isinstance(case.body, dict) and field in case.body:
         # Mostly the fuzzer's own bytes (not audio: 415), sometimes real speech, to reach the model.
         options = {name: value for name, value in case.body.items() if name != field} | dict(case.query or {})
         if pick(options, REAL_AUDIO_EVERY) == 0:

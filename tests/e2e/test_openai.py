@@ -73,6 +73,40 @@ def words(text: str) -> str:
     return "".join(text.replace("-->", "\u2192").split())
 
 
+# Translations ----------------------------------------------------------------------------------------
+
+
+# OpenAI's SDK marks translations deprecated (whisper-1 is); clients call them all the same.
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_translations_in_every_format(client: openai.OpenAI) -> None:
+    """audio.translations.create: json and verbose_json parse as the SDK's types (english, segments), text, srt
+    and vtt as text that the subtitle libraries read."""
+
+    def translate(**kwargs: Any) -> Any:
+        with open(JFK, "rb") as f:
+            return client.audio.translations.create(model="whisper-1", file=f, temperature=GREEDY, **kwargs)
+
+    assert isinstance(translate().text, str)
+    assert isinstance(translate(prompt="Kennedy, Americans").text, str)
+    verbose = translate(response_format="verbose_json")
+    assert verbose.language == "english" and verbose.duration == pytest.approx(11.0, abs=0.05)
+    assert verbose.segments and all(0 <= s.start < s.end <= 11.05 for s in verbose.segments)
+    assert isinstance(translate(response_format="text"), str)
+    for cue in srt.parse(translate(response_format="srt")):
+        assert cue.end.total_seconds() <= 11.05
+    for caption in webvtt.from_string(translate(response_format="vtt")):
+        assert caption.end_in_seconds <= 11.05
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_translation_of_what_is_not_audio_is_a_bad_request(client: openai.OpenAI, tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not audio")
+    with open(junk, "rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        client.audio.translations.create(model="whisper-1", file=f)
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "unsupported_audio"
+
+
 # Transcriptions --------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """The Qwen3-ASR variant on every endpoint: a tiny Qwen3ASRForConditionalGeneration served through the CLI.
 
-Its weights are random, so it never names a language of its own: identification is covered where the output
-is parsed (tests/unit/test_qwen3_asr_output.py); here the forced language, the prompt as context, chat's refusal and
-every format are.
+Its weights are random, so the language it names is random: identification is covered where the output is
+parsed (tests/unit/test_qwen3_asr_output.py) and where it is held to the model's languages
+(tests/integration/test_language_id.py); here the forced language, the prompt as context, chat's and
+translation's refusals, /detect-language and every format are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import requests
 import srt
 
+from app.backends.qwen3_asr import language_names
 from app.words import text_words
 from tests.support import JFK, Server, build_tiny, post, wait_for
 
@@ -75,6 +77,7 @@ def test_subtitles_and_a_job(asr: Server) -> None:
     assert status["segments"]
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's translations (whisper-1)
 def test_openai_transcriptions_and_chat_refused(asr: Server) -> None:
     client = openai.OpenAI(base_url=asr.url + "/v1", api_key="unused", max_retries=0)
     with open(JFK, "rb") as f:
@@ -95,3 +98,22 @@ def test_openai_transcriptions_and_chat_refused(asr: Server) -> None:
         client.chat.completions.create(model="asr", messages=[{"role": "user", "content": "hello"}])
     error = refused.value.body
     assert isinstance(error, dict) and error["param"] == "model" and "does not chat" in error["message"]
+
+    with open(JFK, "rb") as f, pytest.raises(openai.BadRequestError) as refused:
+        client.audio.translations.create(model="whisper-1", file=f)
+    error = refused.value.body
+    assert isinstance(error, dict) and error["param"] == "model" and "only transcribes" in error["message"]
+
+
+def test_detect_language_is_the_models_own_identification_and_translate_is_refused(asr: Server) -> None:
+    """The model's own `language <Name>` answer, among its 30 languages; /asr task=translate is a 400 on task."""
+    with open(JFK, "rb") as f:
+        r = requests.post(asr.url + "/detect-language", files={"audio_file": ("jfk.flac", f)}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["language_code"] in language_names() and 0 < body["confidence"] <= 1
+    assert body["detected_language"] == language_names()[body["language_code"]].lower()
+    assert r.headers["Asr-Engine"] == "qwen3-asr"
+    with open(JFK, "rb") as f:
+        r = requests.post(asr.url + "/asr", params={"task": "translate"}, files={"audio_file": f}, timeout=120)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("task: ")

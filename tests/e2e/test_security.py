@@ -48,11 +48,14 @@ ROUTES: list[tuple[str, str, dict[str, Any], int]] = [
     ("GET", "/status/0123456789abcdef0123456789abcdef", {}, 404),
     ("DELETE", "/status/0123456789abcdef0123456789abcdef", {}, 404),
     ("GET", "/openapi.json", {}, 200),
+    ("GET", "/metrics", {}, 200),
     ("GET", "/no-such-route", {}, 404),
     ("GET", "/v1/models", {}, 200),
     ("POST", "/v1/audio/transcriptions", {"files": "audio", "data": {"model": "whisper-1", **FAST}}, 200),
     ("POST", "/v1/chat/completions", {"json": "chat"}, 200),
+    ("POST", "/v1/audio/translations", {"files": "audio", "data": {"model": "whisper-1", **FAST}}, 200),
     ("POST", "/asr", {"files": "audio_file", "params": {"output": "json"}}, 200),
+    ("POST", "/detect-language", {"files": "audio_file"}, 200),
 ]
 
 

@@ -1,8 +1,13 @@
-"""whisper-asr-webservice's POST /asr on the real server, called as its clients' own code calls it.
+"""whisper-asr-webservice's POST /asr and /detect-language on the real server, called as its clients' own code
+calls them.
 
-Bazarr (subliminal_patch/providers/whisperai.py) sends raw PCM that it made with ffmpeg, with encode=false and
-output=srt, and stores the body as the subtitle file; Speakr (connectors/asr_endpoint.py) uploads the file
-itself with output=json and parameters this model has no use for (diarize, min_speakers, hotwords, model).
+Bazarr (subliminal_patch/providers/whisperai.py) sends raw PCM that it made with ffmpeg, with encode=false: to
+/detect-language for a file whose audio language is unknown (reading detected_language and language_code without
+looking at the status), then to /asr with output=srt, task=translate when the subtitle wanted is English and the
+audio is not, storing the body as the subtitle file. Speakr (connectors/asr_endpoint.py) uploads the file itself
+with output=json and parameters this model has no use for (diarize, min_speakers, hotwords, model). subgen
+serves this same API to Bazarr and adds video_file, detect_lang_length and detect_lang_offset to it: those are
+sent here as Bazarr-through-subgen setups send them, and ignored.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import requests
 import srt
 import webvtt
 
+from app.protocol.native import LANGUAGES
 from app.text import is_cjk, join_text
-from tests.support import JFK, Server
+from tests.support import AISHELL, JFK, Server
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +170,87 @@ def test_empty_parameters_mean_their_defaults(server: Server) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.headers["Content-Disposition"] == 'attachment; filename="jfk.flac.txt"'
+
+
+def test_bazarr_detects_the_language_then_transcribes_or_translates(server: Server, pcm: bytes) -> None:
+    """Bazarr's two calls for an untagged audio track: the detection Bazarr parses, then the subtitle it asks for
+    (English subtitles: translate unless the audio is English)."""
+    with bazarr_session() as session:
+        r = session.post(
+            f"{server.url}/detect-language",
+            params={"encode": "false"},
+            files={"audio_file": pcm},
+            timeout=(5, 3600),
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == "application/json"
+        body = r.json()
+        assert set(body) == {"detected_language", "language_code", "confidence"}
+        code = body["language_code"]
+        # Bazarr builds a babelfish Language from the code (or the name): never empty, never und.
+        assert code in LANGUAGES and body["detected_language"] == LANGUAGES[code].lower()
+        assert 0 < body["confidence"] <= 1
+        task = "transcribe" if code == "en" else "translate"
+        r = session.post(
+            f"{server.url}/asr",
+            params={"task": task, "language": code, "output": "srt", "encode": "false"},
+            files={"audio_file": pcm},
+            timeout=(5, 3600),
+        )
+    assert r.status_code == 200, r.text
+    for cue in srt.parse(r.content.decode("utf-8")):
+        assert 0 <= cue.start.total_seconds() < cue.end.total_seconds() <= SECONDS + 0.05
+
+
+def test_translate_answers_every_output(server: Server) -> None:
+    """task=translate (German speech named, a context prompt) gives each output in its usual shape; subtitles of a
+    translation are timed from the speech (no word alignment), inside the audio."""
+    for output in ("txt", "json", "srt", "vtt", "tsv"):
+        params = {"task": "translate", "language": "de", "initial_prompt": "Kennedy", "output": output}
+        r = requests.post(
+            f"{server.url}/asr", params=params, files={"audio_file": ("jfk.flac", JFK.read_bytes())}, timeout=300
+        )
+        assert r.status_code == 200, (output, r.text)
+        assert r.headers["Content-Disposition"] == f'attachment; filename="jfk.flac.{output}"'
+        if output == "json":
+            body = json.loads(r.text)
+            assert body["language"] == "de" and body["text"] == join_text([s["text"] for s in body["segments"]])
+        if output == "srt":
+            for cue in srt.parse(r.text):
+                assert cue.end.total_seconds() <= SECONDS + 0.05
+
+
+def test_subgen_style_detection_parameters_are_ignored(server: Server) -> None:
+    """An encoded upload with subgen's extra parameters: answered from the file's first speech all the same."""
+    params = {
+        "encode": "true",
+        "video_file": "/media/tv/show.mkv",
+        "detect_lang_length": "30",
+        "detect_lang_offset": "0",
+    }
+    r = requests.post(
+        f"{server.url}/detect-language",
+        params=params,
+        files={"audio_file": ("aishell.wav", AISHELL.read_bytes(), "audio/wav")},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["language_code"] in LANGUAGES
+
+
+def test_detection_of_silence_is_a_clear_422_never_und(server: Server) -> None:
+    """Two seconds of zeros as Bazarr would send them: no speech, so no language, said with a 4xx, not und."""
+    r = requests.post(
+        f"{server.url}/detect-language", params={"encode": "false"}, files={"audio_file": bytes(64000)}, timeout=60
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "no_speech"
+
+
+@pytest.mark.parametrize("body", [b"", b"A", b"not audio at all, just text"])
+def test_detection_of_what_is_not_audio_is_a_4xx(server: Server, body: bytes) -> None:
+    for encode in ("true", "false"):
+        r = requests.post(
+            f"{server.url}/detect-language", params={"encode": encode}, files={"audio_file": body}, timeout=60
+        )
+        assert 400 <= r.status_code < 500 and "Traceback" not in r.text, (encode, body, r.text)

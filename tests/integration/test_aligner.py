@@ -202,6 +202,9 @@ def test_the_pipeline_aligns_only_when_asked(settings: Settings, engine_with: Ca
 
     plain = pipeline.transcribe(JFK, options)
     assert loader.loads == 0 and all(s.words == () for s in plain.segments)
+    # A translation's English words were never spoken: it is not aligned, whatever the output asks.
+    translated = pipeline.transcribe(JFK, options.model_copy(update={"task": "translate"}), align=True)
+    assert loader.loads == 0 and all(s.words == () for s in translated.segments)
 
     aligned = pipeline.transcribe(JFK, options, align=True)
     assert loader.loads == 1 and sum(loader.batches) == sum(1 for s in aligned.segments if text_words(s.text))

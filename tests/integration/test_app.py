@@ -105,3 +105,25 @@ def test_a_backend_crash_fails_that_job_or_request_and_the_next_runs(tmp_path: P
             assert client.post("/transcribe/json", data={"file": (f, "a.wav")}).status_code == 200
     finally:
         flask_app.extensions["asr"].stop()
+
+
+def test_the_captioner_refuses_detection_and_translation_before_any_work(tmp_path: Path) -> None:
+    """The Captioner takes no instruction: /detect-language, /asr task=translate and /v1 translations are 400s
+    naming why, answered without loading the model."""
+    settings = Settings(data_dir=str(tmp_path), device="cpu", variant="captioner")
+    flask_app = create_app(settings, loader=broken_loader)
+    client = flask_app.test_client()
+    try:
+        for route, field, data in (
+            ("/detect-language", "audio_file", {}),
+            ("/asr?task=translate", "audio_file", {}),
+            ("/v1/audio/translations", "file", {"model": "captioner"}),
+            ("/transcribe/json", "file", {"task": "translate"}),
+        ):
+            with open(AISHELL, "rb") as f:
+                response = client.post(route, data={field: (f, "a.wav"), **data})
+            assert response.status_code == 400, (route, response.get_json())
+            assert "describes" in response.get_data(as_text=True), route
+        assert flask_app.extensions["asr"].engine.status()["state"] == "unloaded"
+    finally:
+        flask_app.extensions["asr"].stop()

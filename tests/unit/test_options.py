@@ -6,6 +6,7 @@ import pytest
 
 from app.errors import InvalidOption
 from app.protocol.native import MAX_PROMPT_CHARS, TranscribeOptions, parse_options
+from app.variants import VARIANTS
 
 DEFAULTS = TranscribeOptions(
     segment_duration=45.0, max_new_tokens=1024, temperature=0.3, repetition_penalty=1.2, enable_s2t=True
@@ -231,6 +232,7 @@ def test_options_round_trip() -> None:
         word_timestamps=True,
         language="yue",
         prompt="Say it.",
+        task="translate",
     )
     data = options.to_dict()
     assert data == {
@@ -243,6 +245,7 @@ def test_options_round_trip() -> None:
         "word_timestamps": True,
         "language": "yue",
         "prompt": "Say it.",
+        "task": "translate",
     }
     assert TranscribeOptions.from_dict(data) == options
 
@@ -259,3 +262,42 @@ def test_constructor_validates_ranges() -> None:
         TranscribeOptions(segment_duration=0.5)
     with pytest.raises(InvalidOption, match="temperature"):
         TranscribeOptions(temperature=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("variant", "served"), [("awq", True), ("instruct-awq", True), ("asr", False), ("captioner", False)]
+)
+def test_translate_is_refused_by_variants_that_cannot(variant: str, served: bool) -> None:
+    """task=translate reaches the Omni transcribers; Qwen3-ASR and the Captioner refuse it naming the field."""
+    form = {"task": "translate"}
+    if served:
+        assert parse_options(form, DEFAULTS, VARIANTS[variant]).task == "translate"
+        return
+    with pytest.raises(InvalidOption) as caught:
+        parse_options(form, DEFAULTS, VARIANTS[variant])
+    assert caught.value.field == "task" and "cannot translate" in caught.value.message
+
+
+def test_task_defaults_to_transcribe_and_refuses_others() -> None:
+    assert parse_options({"task": " "}, DEFAULTS).task == "transcribe"
+    with pytest.raises(InvalidOption) as caught:
+        parse_options({"task": "summarize"}, DEFAULTS)
+    assert caught.value.field == "task"
+
+
+def test_translation_prompt_follows_the_cookbook_and_keeps_context() -> None:
+    """Translation is the cookbook's speech-translation turn into English; a prompt is context, not the task."""
+    from app.backends.qwen_omni import conversation
+
+    system, user = conversation("transcribe", "de", "Bundestag", "translate")
+    assert system["content"][0]["text"] == "You are a speech translation model."
+    assert user["content"][0] == {"type": "audio"}
+    assert user["content"][1]["text"] == (
+        "Listen to the provided German speech and produce a translation in English text. It may mention: Bundestag"
+    )
+    _, plain = conversation("transcribe", None, None, "translate")
+    assert plain["content"][1]["text"] == "Listen to the provided speech and produce a translation in English text."
+    # Transcription keeps its instruction (the prompt replaces it), and the Captioner hears audio alone.
+    _, transcribe = conversation("transcribe", "de", None)
+    assert transcribe["content"][1]["text"] == "Transcribe the German audio into text."
+    assert conversation("caption", None, None, "translate") == [{"role": "user", "content": [{"type": "audio"}]}]

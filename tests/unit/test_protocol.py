@@ -113,18 +113,21 @@ def test_response_shapes_refuse_fields_they_do_not_document() -> None:
 @pytest.mark.parametrize(("status", "code"), [(400, "invalid_option"), (401, "unauthorized"), (503, "queue_full")])
 def test_the_error_bodies_are_the_documented_shapes(status: int, code: str) -> None:
     """errors.py writes its bodies as dicts (it sits below the protocol); they match the models exactly."""
-    native = error_body(code, "message")
-    assert Error.model_validate(native).body() == native
     from app.protocol.openai import OpenAIError
 
-    envelope = openai_error_body(status, code, "message", "param")
-    assert OpenAIError.model_validate(envelope).body() == envelope
+    for request_id in (None, "r-1"):
+        native = error_body(code, "message", request_id)
+        assert Error.model_validate(native).body() == native
+        envelope = openai_error_body(status, code, "message", "param", request_id)
+        assert OpenAIError.model_validate(envelope).body() == envelope
+        assert ("request_id" in native["error"]) == ("request_id" in envelope["error"]) == (request_id is not None)
 
 
 def test_a_jobs_body_carries_only_what_its_state_has() -> None:
     """A queued job has no transcript, error or completion time: left out, not null."""
     body = Job(
         job_id="a",
+        request_id="r-1",
         status=JobState.QUEUED,
         progress=JobProgress(segments_done=0, segments_total=0),
         created_at="2026-01-01T00:00:00+00:00",
@@ -132,6 +135,7 @@ def test_a_jobs_body_carries_only_what_its_state_has() -> None:
     ).body()
     assert body == {
         "job_id": "a",
+        "request_id": "r-1",
         "status": "queued",
         "progress": {"segments_done": 0, "segments_total": 0},
         "created_at": "2026-01-01T00:00:00+00:00",
