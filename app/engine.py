@@ -341,22 +341,26 @@ class Engine:
                 for result in results:
                     if result.stop_reason in self._stops:
                         self._stops[result.stop_reason] += 1
-            self._record(batch[0].stage, time.perf_counter() - started, requests, results)
+            seconds = time.perf_counter() - started
             for work, result in zip(batch, results, strict=True):
                 work.future.set_result(result)
+            self._record(batch[0].stage, seconds, requests, results)
 
     def _record(
         self, stage: str, seconds: float, requests: Sequence[GenerationRequest], results: Sequence[GenerationResult]
     ) -> None:
-        """A generate call's time, size and tokens, into the metrics."""
+        """A generate call's time, size and tokens, into the metrics (never a reason for the worker to stop)."""
         if self._metrics is None:
             return
-        self._metrics.generation.labels(stage).observe(seconds)
-        self._metrics.batch_size.labels(stage).observe(len(requests))
-        for request, result in zip(requests, results, strict=True):
-            kind = "chat" if request.chat is not None else request.task
-            self._metrics.generated_tokens.labels(kind).inc(result.tokens)
-            self._metrics.prompt_tokens.labels(kind).inc(result.prompt_tokens)
+        try:
+            self._metrics.generation.labels(stage).observe(seconds)
+            self._metrics.batch_size.labels(stage).observe(len(requests))
+            for request, result in zip(requests, results, strict=True):
+                kind = "chat" if request.chat is not None else request.task
+                self._metrics.generated_tokens.labels(kind).inc(result.tokens)
+                self._metrics.prompt_tokens.labels(kind).inc(result.prompt_tokens)
+        except Exception:  # metrics are an account of the work, not part of it
+            log.exception("recording generation metrics failed")
 
     def _align(self, batch: list[_Work]) -> None:
         """Time a batch of texts; without an aligner (off, or it failed), each resolves to None."""

@@ -52,20 +52,25 @@ def install_observability(app: Flask) -> None:
         metrics = current_services().metrics
 
         def done() -> None:
-            seconds = time.perf_counter() - started
-            metrics.requests.labels(route, method, str(status)).inc()
-            metrics.request_seconds.labels(route, method).observe(seconds)
-            log.info(
-                "%s %s %d audio_seconds=%.3f processing_seconds=%.3f client=%s",
-                method, route, status, record.audio_seconds, seconds, client,
-                extra={
-                    "event": "request", "method": method, "route": route, "status": status,
-                    "audio_seconds": round(record.audio_seconds, 3), "processing_seconds": round(seconds, 3),
-                    "client": client,
-                },
-            )  # fmt: skip
-            end()
+            try:
+                seconds = time.perf_counter() - started
+                metrics.requests.labels(route, method, str(status)).inc()
+                metrics.request_seconds.labels(route, method).observe(seconds)
+                log.info(
+                    "%s %s %d audio_seconds=%.3f processing_seconds=%.3f client=%s",
+                    method, route, status, record.audio_seconds, seconds, client,
+                    extra={
+                        "event": "request", "method": method, "route": route, "status": status,
+                        "audio_seconds": round(record.audio_seconds, 3), "processing_seconds": round(seconds, 3),
+                        "client": client,
+                    },
+                )  # fmt: skip
+            finally:
+                end()
 
-        # On close, so that a streamed answer is counted once it has been sent, with the audio it took.
+        # On close, so that a streamed answer is counted once it has been sent, with the audio it took. A
+        # send_file response passes its file straight to the server, which then never closes the response
+        # (nor runs this): it is served through the response instead, as every other body is.
+        response.direct_passthrough = False
         response.call_on_close(done)
         return response

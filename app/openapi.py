@@ -146,6 +146,9 @@ def _option_properties(settings: Settings) -> dict[str, Any]:
             )
         if name == "language" and asr:
             prop["description"] += " Qwen3-ASR variants identify it when it is left out."
+        if name == "task" and not settings.model_variant.translates:
+            prop["enum"] = ["transcribe"]
+            prop["description"] += f" This variant cannot translate: {settings.model_variant.why_not_translate}."
         properties[name] = prop
     return properties
 
@@ -182,7 +185,11 @@ def _v1_upload_body(settings: Settings, translation: bool = False) -> dict[str, 
     fields = openai.TranscriptionRequest.model_json_schema(schema_generator=_Schema, by_alias=True)
     kept = ("model", "response_format") if translation else tuple(fields["properties"])
     extra = {name: _form_property(schema) for name, schema in fields["properties"].items() if name in kept}
-    return _upload_body(settings, extra)
+    body = _upload_body(settings, extra)
+    # Each route does one task (the translations route whatever the form says; the transcriptions route refuses
+    # translate, which has a route of its own).
+    del body["content"]["multipart/form-data"]["schema"]["properties"]["task"]
+    return body
 
 
 # status -> what it means; the codes a body may carry are read off the exception classes.
@@ -320,19 +327,16 @@ class _Operation:
         return {**operation, **self.extra}
 
 
-def _attachment_headers(extension: str) -> dict[str, Any]:
-    """Attachments carry their file names in headers; the JSON route has them in the body."""
+def _header(description: str) -> dict[str, Any]:
+    """A string header every such response carries."""
+    return {"description": description, "required": True, "schema": {"type": "string"}}
+
+
+def _attachment_headers(disposition: str) -> dict[str, Any]:
+    """Attachments carry their file names in headers (disposition says which); the JSON route has them in the body."""
     return {
-        "Content-Disposition": {
-            "description": f"attachment, named after the upload (meeting.mp3 -> meeting.{extension}).",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "X-Output-File": {
-            "description": "The transcript's file name under the data dir's outputs/.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
+        "Content-Disposition": _header(disposition),
+        "X-Output-File": _header("The transcript's file name under the data dir's outputs/."),
     }
 
 
@@ -344,7 +348,8 @@ def _transcribe(settings: Settings, path: str, op: str, summary: str, media: str
     schema = _ref("Transcription") if extension is None else _TEXT
     ok: dict[str, Any] = {"description": "The transcript.", "content": {media: {"schema": schema}}}
     if extension is not None:
-        ok = {"description": "The transcript.", "headers": _attachment_headers(extension), **ok}
+        disposition = f"attachment, named after the upload (meeting.mp3 -> meeting.{extension})."
+        ok = {"description": "The transcript.", "headers": _attachment_headers(disposition), **ok}
     responses = {"200": ok, **_errors(*_SYNC_ERRORS)}
     return _Operation(path, "post", op, summary, "transcribe", responses, _upload_body(settings))
 
@@ -628,16 +633,8 @@ def _webservice_operations(settings: Settings) -> list[_Operation]:
         },
     }
     headers = {
-        "Content-Disposition": {
-            "description": "attachment, the upload's name plus the output's extension (meeting.mp3.srt).",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "Asr-Engine": {
-            "description": "The model family that answered.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
+        **_attachment_headers("attachment, the upload's name plus the output's extension (meeting.mp3.srt)."),
+        "Asr-Engine": _header("The model family that answered."),
     }
     ok = {
         "description": "The result in the asked output, always sent as text/plain (JSON included), as "
@@ -712,9 +709,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "WebVTT, synchronously or as asynchronous jobs, and an OpenAI-compatible API under /v1 "
             "(transcriptions, models, chat with audio). Security applies only when the server has API keys "
             "configured (ASR_API_KEY); then every route but /health needs one, sent as `Authorization: Bearer "
-            "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope. Every response carries an "
-            "`X-Request-ID` header: the client's own (a token of up to 128 letters, digits and `._:-`) or a new one; "
-            "error bodies, async jobs and the server's log lines carry the same id.",
+            "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope. Every response of the service "
+            "carries an `X-Request-ID` header: the client's own (a token of up to 128 letters, digits and `._:-`) "
+            "or a new one; error bodies, async jobs and the server's log lines carry the same id.",
         },
         "tags": [
             {"name": "service", "description": "Health and this document."},

@@ -113,8 +113,7 @@ class Pipeline:
         """
         if not probed:
             self.probe(path)
-        samples = self._first_audio(path, speech_only)
-        self._count_audio(len(samples) / audio.SAMPLE_RATE)
+        samples = self._first_audio(path, speech_only, check)
         if not len(samples):
             raise NoSpeech("no speech was found in the audio, so its language cannot be identified")
         params = GenerationParams(IDENTIFY_TOKENS, 0.0, 1.0)
@@ -131,6 +130,8 @@ class Pipeline:
             future.cancel()  # no-op once finished; frees the worker from abandoned work
         if result.language is None or result.confidence is None:
             raise InferenceFailed("the model named no language for this audio")
+        # Counted once identified, as a transcription's audio is once transcribed.
+        self._count_audio(len(samples) / audio.SAMPLE_RATE)
         return LanguageGuess(result.language, result.confidence, len(samples) / audio.SAMPLE_RATE)
 
     def _count_audio(self, seconds: float) -> None:
@@ -139,8 +140,9 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.audio_seconds.inc(seconds)
 
-    def _first_audio(self, path: str | Path, speech_only: bool) -> np.ndarray:
-        """The first IDENTIFY_SECONDS of the file's speech or audio, joined; ffmpeg stops there."""
+    def _first_audio(self, path: str | Path, speech_only: bool, check: Check | None = None) -> np.ndarray:
+        """The first IDENTIFY_SECONDS of the file's speech or audio, joined; ffmpeg stops there (or when check
+        raises, between segments)."""
         need = round(IDENTIFY_SECONDS * audio.SAMPLE_RATE)
         if speech_only:
             produced = vad.speech_segments(path, IDENTIFY_SECONDS, self.speech, self.max_audio_seconds)
@@ -150,6 +152,8 @@ class Pipeline:
         have = 0
         with closing(produced):
             for segment in produced:
+                if check:
+                    check()
                 kept.append(segment.samples[: need - have])
                 have += len(kept[-1])
                 if have >= need:

@@ -24,7 +24,7 @@ LogFormat = Literal["plain", "json"]
 LOG_FORMATS = ("plain", "json")
 # A client's X-Request-ID is kept when it is a short token of safe characters (a proxy's UUID, a trace id);
 # anything else is replaced, so that no header can put text of its choosing into the logs.
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 NO_REQUEST = "-"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # The fields every JSON line starts with, and the names they go by there.
@@ -45,7 +45,7 @@ _current: ContextVar[RequestRecord | None] = ContextVar("asr_request", default=N
 
 def request_id_from(header: str | None) -> str:
     """The client's X-Request-ID when it is a safe token, else a new one."""
-    if header is not None and _CLIENT_ID.match(header):
+    if header is not None and _CLIENT_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
 

@@ -47,10 +47,15 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
 }
 
 
+def _given() -> dict[str, str]:
+    """The query's parameters; as on the native form, an empty value means the default (httpx sends None so)."""
+    return {name: value for name, value in request.args.items() if value.strip()}
+
+
 def _options() -> TranscribeOptions:
     """The query's options over the server's defaults, errors naming the client's own parameter."""
     settings = current_services().settings
-    given = {name: value for name, value in request.args.items() if value.strip()}
+    given = _given()
     form = {native: given[name] for name, native in NATIVE_NAMES.items() if name in given}
     try:
         options = parse_options(form, settings.default_options(), settings.model_variant)
@@ -91,8 +96,8 @@ def _audio(file: FileStorage, encode: bool) -> Iterator[Path]:
 
 
 def _query(model: type[Query]) -> Query:
-    """The query, validated; as on the native form, an empty value means the default (httpx sends None so)."""
-    return validate(model, {k: v for k, v in request.args.items() if v.strip()})
+    """The query, validated."""
+    return validate(model, _given())
 
 
 @bp.post("/asr")
@@ -130,7 +135,8 @@ def detect_language() -> Response:
     query = _query(DetectLanguageQuery)
     file = uploaded_file("audio_file")
     with _audio(file, query.encode) as path:
-        guess = services.pipeline.identify(path, services.settings.vad, check=client_check())
+        # Speech only, whatever the server's --vad: a language read off silence or music would be made up.
+        guess = services.pipeline.identify(path, speech_only=True, check=client_check())
     response = jsonify(DetectedLanguage.of(guess.language, guess.confidence).body())
     response.headers["Asr-Engine"] = variant.family
     return response

@@ -19,7 +19,7 @@ from app.openai_api.events import event_stream, sse
 from app.openai_api.models import check_model
 from app.outputs import save_transcript
 from app.pipeline import identified
-from app.protocol.native import LANGUAGES, Task, TranscribeOptions, WordTiming
+from app.protocol.native import LANGUAGES, Task, TranscribeOptions, WordTiming, whisper_segment
 from app.protocol.openai import (
     STREAM_FORMATS,
     DurationUsage,
@@ -34,7 +34,7 @@ from app.protocol.openai import (
 )
 from app.protocol.validation import validate
 from app.services import Services, current_services
-from app.text import compression_ratio, join_text
+from app.text import join_text
 from app.transcript import Transcript, TranscriptSegment
 from app.uploads import client_check, detached_copy, form_options, local_path, uploaded_file
 from app.words import words_of
@@ -74,6 +74,8 @@ def transcriptions() -> Response:
     if asked.stream and asked.response_format not in STREAM_FORMATS:
         raise InvalidOption("stream", f"streams carry text only: use json or text, not {asked.response_format}")
     options = form_options()
+    if options.task != "transcribe":
+        raise InvalidOption("task", "this route transcribes; POST /v1/audio/translations translates")
     if asked.stream:
         path = detached_copy(file)
         try:
@@ -166,17 +168,11 @@ def verbose_translation(transcript: Transcript, text: str, options: TranscribeOp
 
 def _verbose_segment(segment: TranscriptSegment, options: TranscribeOptions) -> VerboseSegment:
     return VerboseSegment(
-        id=segment.index,
-        # Whisper's seek is the segment's offset in 10 ms mel frames.
-        seek=round(segment.start * 100),
-        start=round(segment.start, 3),
-        end=round(segment.end, 3),
-        text=segment.text,
+        **whisper_segment(segment),
         # The thinker gives no token log-probabilities or no-speech probability here: null, not a guess.
         tokens=None,
         temperature=options.temperature,
         avg_logprob=None,
-        compression_ratio=compression_ratio(segment.text),
         no_speech_prob=None,
         stop_reason=segment.stop_reason,
     )

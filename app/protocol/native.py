@@ -12,6 +12,7 @@ from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from app.errors import InvalidOption, quoted
 from app.protocol.validation import FormFlag, invalid, numeric_ranges, validate
+from app.text import compression_ratio
 from app.transcript import StopReason, Transcript, TranscriptSegment, Word
 from app.variants import DEFAULT_VARIANT, VARIANTS, Variant
 from app.words import words_of
@@ -324,6 +325,20 @@ class Segment(Shape):
         )
 
 
+def whisper_segment(segment: TranscriptSegment) -> dict[str, Any]:
+    """The fields of Whisper's segment that both APIs showing them (/v1 verbose_json, /asr json) fill alike:
+    id, seek (the start in 10 ms frames, as Whisper counts it), times rounded to milliseconds, the text and
+    its compression ratio."""
+    return {
+        "id": segment.index,
+        "seek": round(segment.start * 100),
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+        "text": segment.text,
+        "compression_ratio": compression_ratio(segment.text),
+    }
+
+
 class TranscriptResult(Shape):
     """A transcript as JSON: what a finished job keeps, and the core of the synchronous answer."""
 
@@ -471,7 +486,7 @@ class ModelHealth(Shape):
     idle_timeout: float = Field(ge=0)
     seconds_until_unload: float | None
     loads: int = Field(ge=0)
-    unloads: int = Field(ge=0, description="Times the model was unloaded (idle, or to retry after a fault).")
+    unloads: int = Field(ge=0, description="Times the model was unloaded: after the idle timeout, or at shutdown.")
     batch_size: int = Field(ge=1)
     token_budget: int = Field(ge=1)
     oom_batch_splits: int = Field(ge=0)

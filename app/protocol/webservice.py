@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.protocol.native import LANGUAGES, MAX_PROMPT_CHARS, Shape, Task, absent
+from app.protocol.native import LANGUAGES, MAX_PROMPT_CHARS, Shape, Task, absent, whisper_segment
 from app.protocol.validation import FormFlag
-from app.text import compression_ratio, is_cjk
+from app.text import is_cjk
 from app.transcript import Transcript, TranscriptSegment
 from app.words import words_of
 
@@ -85,15 +85,10 @@ class AsrSegment(Shape):
                 for w in words_of(segment)
             ]
         return cls(
-            id=segment.index,
-            seek=round(segment.start * 100),
-            start=round(segment.start, 3),
-            end=round(segment.end, 3),
-            text=segment.text,
+            **whisper_segment(segment),
             tokens=[],
             temperature=temperature,
             avg_logprob=None,
-            compression_ratio=compression_ratio(segment.text),
             no_speech_prob=None,
             words=timed,
         )

@@ -83,6 +83,12 @@ def test_counters_move_by_exactly_the_requests_made(observed: Server) -> None:
     assert r.status_code == 200, r.text
     r = requests.get(observed.url + "/status/no-such-job", headers=AUTH, timeout=10)
     assert r.status_code == 404
+    # Attachments (send_file's bodies) are counted and logged like the rest.
+    with open(JFK, "rb") as f:
+        r = requests.post(observed.url + "/transcribe/srt", files={"file": f}, data=FAST, headers=AUTH, timeout=300)
+    assert r.status_code == 200 and r.headers["X-Request-ID"]
+    [line] = wait_for(lambda: request_lines(observed, r.headers["X-Request-ID"]), 10, "the SRT request's log line")
+    assert line["route"] == "/transcribe/srt" and line["audio_seconds"] == pytest.approx(SECONDS, abs=0.01)
     assert requests.get(observed.url + "/metrics", timeout=10).status_code == 401
     after = scrape(observed)
 
@@ -94,20 +100,21 @@ def test_counters_move_by_exactly_the_requests_made(observed: Server) -> None:
     assert moved(requests_total, route="/transcribe/json", method="POST", status="400") == 1
     assert moved(requests_total, route="/asr", method="POST", status="200") == 1
     assert moved(requests_total, route="/status/<job_id>", method="GET", status="404") == 1
+    assert moved(requests_total, route="/transcribe/srt", method="POST", status="200") == 1
     assert moved(requests_total, route="/metrics", method="GET", status="401") == 1
     # The first scrape is counted once its response has gone: the second scrape sees it, not itself.
     assert moved(requests_total, route="/metrics", method="GET", status="200") == 1
     total = sum(v for (name, _), v in after.items() if name == requests_total)
-    assert total - sum(v for (name, _), v in before.items() if name == requests_total) == 7
+    assert total - sum(v for (name, _), v in before.items() if name == requests_total) == 8
     duration = "qwen_asr_http_request_duration_seconds_count"
     assert moved(duration, route="/transcribe/json", method="POST") == 3
-    # Three files of 11 s decoded, each once; decode and VAD timed once per file.
-    assert moved("qwen_asr_audio_seconds_total") == pytest.approx(3 * SECONDS, abs=0.01)
-    assert moved("qwen_asr_decode_seconds_count") == 3 and moved("qwen_asr_vad_seconds_count") == 3
+    # Four files of 11 s decoded, each once; decode and VAD timed once per file.
+    assert moved("qwen_asr_audio_seconds_total") == pytest.approx(4 * SECONDS, abs=0.01)
+    assert moved("qwen_asr_decode_seconds_count") == 4 and moved("qwen_asr_vad_seconds_count") == 4
     assert moved("qwen_asr_decode_seconds_sum") > 0
     # Every segment waited in the queue once and was generated in some batch; tokens were written.
     waited = moved("qwen_asr_queue_wait_seconds_count", kind="generate")
-    assert waited >= 3 and moved("qwen_asr_batch_size_sum", kind="generate") == waited
+    assert waited >= 4 and moved("qwen_asr_batch_size_sum", kind="generate") == waited
     assert moved("qwen_asr_generation_seconds_count", kind="generate") == moved(
         "qwen_asr_batch_size_count", kind="generate"
     )

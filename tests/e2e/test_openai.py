@@ -98,6 +98,14 @@ def test_translations_in_every_format(client: openai.OpenAI) -> None:
         assert caption.end_in_seconds <= 11.05
 
 
+def test_transcriptions_refuse_to_translate(client: openai.OpenAI) -> None:
+    """The transcription route transcribes: task=translate (a native option) points to the translation route."""
+    with open(JFK, "rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=f, extra_body={"task": "translate"})
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "task"
+    assert "/v1/audio/translations" in caught.value.body["message"]
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_translation_of_what_is_not_audio_is_a_bad_request(client: openai.OpenAI, tmp_path: Path) -> None:
     junk = tmp_path / "notes.txt"
