@@ -8,7 +8,7 @@ import reprlib
 import sqlite3
 from typing import Any
 
-from flask import Flask, Response, has_request_context, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.tracing import current_id
@@ -262,10 +262,19 @@ def is_openai_route() -> bool:
     return has_request_context() and (request.path == "/v1" or request.path.startswith("/v1/"))
 
 
+def _request_id() -> str | None:
+    """The id of the request being answered: its record's (set by the app's first hook), or the thread's when a
+    stream outlives its request context."""
+    if has_request_context():
+        record = g.get("asr_record")
+        return None if record is None else str(record.request_id)
+    return current_id()
+
+
 def _json_error(status: int, code: str, message: str, param: str | None = None) -> Response:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-    request_id = current_id()
+    request_id = _request_id()
     if is_openai_route():
         status = OPENAI_STATUS.get(status, status)
         response = jsonify(openai_error_body(status, code, message, param, request_id))

@@ -152,11 +152,11 @@ def test_subtitles_carry_one_charset(hardened: Server) -> None:
 
 
 def test_unknown_v1_routes_answer_in_openai_s_envelope(hardened: Server) -> None:
-    """POST /v1/audio/translations (not served yet) is a 404 in OpenAI's error envelope naming the route."""
-    response = requests.post(f"{hardened.url}/v1/audio/translations", headers=as_(ALICE), timeout=10)
+    """POST /v1/audio/speech (text to speech: not served) is a 404 in OpenAI's error envelope naming the route."""
+    response = requests.post(f"{hardened.url}/v1/audio/speech", headers=as_(ALICE), timeout=10)
     assert response.status_code == 404
     error = response.json()["error"]
-    assert error["type"] == "invalid_request_error" and "POST /v1/audio/translations" in error["message"]
+    assert error["type"] == "invalid_request_error" and "POST /v1/audio/speech" in error["message"]
 
 
 def _wav(seconds: float) -> str:

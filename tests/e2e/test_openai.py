@@ -310,7 +310,9 @@ def test_missing_file_and_unknown_routes_use_the_envelope(server: Server) -> Non
     assert missing.status_code == 400
     assert missing.json()["error"]["param"] == "file"
     unknown = requests.get(server.url + "/v1/no-such-route", timeout=30)
-    assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    error = unknown.json()["error"]
+    assert unknown.status_code == 404 and set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == unknown.headers["X-Request-ID"]
     wrong_method = requests.get(server.url + "/v1/audio/transcriptions", timeout=30)
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
     # The native API keeps its own body.
