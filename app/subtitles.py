@@ -137,8 +137,9 @@ def segment_cues(segment: TranscriptSegment, not_before_ms: int = 0) -> list[Cue
         left = start_ms / 1000
         speech = tuple((max(a, left), b) for a, b in segment.speech if b > left)
         segment = replace(segment, start=left, speech=speech)
-    atoms = _atoms(text)
-    times = _atom_times(segment, text, atoms, start_ms, end_ms)
+    begins, ends = _char_times(segment, text)
+    atoms = _split_at_pauses(_atoms(text), text, begins, ends)
+    times = _atom_times(text, atoms, begins, ends, start_ms, end_ms)
     groups: list[tuple[tuple[str, ...], int, int]] = []
     first = 0
     for k in range(1, len(atoms) + 1):
@@ -148,14 +149,9 @@ def segment_cues(segment: TranscriptSegment, not_before_ms: int = 0) -> list[Cue
     return _place(groups, times, start_ms, end_ms)
 
 
-def _atom_times(
-    segment: TranscriptSegment, text: str, atoms: list[_Atom], start_ms: int, end_ms: int
-) -> list[tuple[int, int]]:
-    """When each atom of text is spoken, in whole ms inside [start_ms, end_ms], in order and never overlapping.
-
-    Each word's time is shared among its written characters; an atom is spoken from its first character's start to
-    its last one's end.
-    """
+def _char_times(segment: TranscriptSegment, text: str) -> tuple[list[float], list[float]]:
+    """When each character of text starts and ends, in seconds (NaN for those outside every word, spaces among
+    them): each word's time is shared among its written characters."""
     timed = words.timed(segment, text) or [
         (words.TextWord(0, len(text), ""), segment.at(0.0), segment.at(1.0, ending=True))
     ]  # nothing the aligner would call a word ("♪"): the whole text over the whole speech
@@ -166,6 +162,44 @@ def _atom_times(
         for n, i in enumerate(written):
             begins[i] = begin + (end - begin) * n / len(written)
             ends[i] = begin + (end - begin) * (n + 1) / len(written)
+    return begins, ends
+
+
+def _split_at_pauses(atoms: list[_Atom], text: str, begins: list[float], ends: list[float]) -> list[_Atom]:
+    """The atoms, each cut where a pause of over MAX_PAUSE_MS falls between two of its characters.
+
+    An atom is cut at spaces and CJK characters only, so it can hold the end of one word and the start of the
+    next with no space between (a word's trailing symbols, then a letter): spoken on both sides of a pause, it
+    would keep a cue on screen through it.
+    """
+    out: list[_Atom] = []
+    at = 0
+    for atom in atoms:
+        at += atom.space_before
+        cut, last_end = 0, math.nan
+        for i in range(len(atom.text)):
+            # NaN (a character outside every word, or nothing timed before it) never counts as a pause.
+            if i > cut and (begins[at + i] - last_end) * 1000 > MAX_PAUSE_MS:
+                piece = atom.text[cut:i]
+                out.append(_Atom(piece, atom.space_before and cut == 0, atom.level if cut == 0 else _INSIDE_WORD,
+                                 sum(1 for c in piece if is_cjk(c))))  # fmt: skip
+                cut = i
+            if math.isfinite(ends[at + i]):
+                last_end = ends[at + i]
+        piece = atom.text[cut:]
+        if cut == 0:
+            out.append(atom)
+        else:
+            out.append(_Atom(piece, False, _INSIDE_WORD, sum(1 for c in piece if is_cjk(c))))
+        at += len(atom.text)
+    return out
+
+
+def _atom_times(
+    text: str, atoms: list[_Atom], begins: list[float], ends: list[float], start_ms: int, end_ms: int
+) -> list[tuple[int, int]]:
+    """When each atom of text is spoken, in whole ms inside [start_ms, end_ms], in order and never overlapping:
+    from its first timed character's start to its last one's end."""
     out: list[tuple[int, int]] = []
     at = 0
     floor = start_ms

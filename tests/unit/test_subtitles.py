@@ -510,6 +510,21 @@ def test_vad_pauses_inside_a_segment_split_the_estimated_cues() -> None:
     assert all(c.end_ms <= 4000 or c.start_ms >= 9000 for c in got), got
 
 
+def test_a_pause_inside_an_unbroken_run_of_text_still_ends_the_cue() -> None:
+    """A CJK word's trailing symbols and the next word share a run with no space ("分��vx"): said on both sides
+    of the pause, the run is cut there, so no cue spans the pause (random weights wrote such text)."""
+    from app.words import words_of
+
+    text = "中介分\ufffd\ufffdvx alpha beta gamma delt"
+    segment = TranscriptSegment(0, 0.0, 20.0, text, speech=((0.5, 2.0), (9.0, 15.0)))
+    # The case itself: the last word before the pause ends the run's first half, the next starts after it.
+    spoken = {w.text: (w.start, w.end) for w in words_of(segment)}
+    assert spoken["分\ufffd\ufffd"][1] <= 2.0 and spoken["vx"][0] >= 9.0, spoken
+    got = segment_cues(segment)
+    assert all(c.end_ms <= 2000 or c.start_ms >= 9000 for c in got), got
+    assert "".join(line for c in got for line in c.lines).replace(" ", "") == text.replace(" ", "")
+
+
 def test_fast_speech_prefers_cues_that_can_be_read() -> None:
     """Every cue is at least 0.8 s or ends where the next starts; long text is cut into readable cues."""
     timed = [(f"word{n}", 0.5 + n * 0.15, 0.5 + n * 0.15 + 0.12) for n in range(60)]
