@@ -105,14 +105,17 @@ class _Scraped(Collector):
         return []
 
 
+def _state(name: str, what: str, current: str) -> GaugeMetricFamily:
+    """A state as a gauge per possible state: 1 for the current one, 0 for the others."""
+    family = GaugeMetricFamily(_name(name), f"1 for the {what}'s current state, 0 for the others.", labels=["state"])
+    for state in MODEL_STATES:
+        family.add_metric([state], 1.0 if current == state else 0.0)
+    return family
+
+
 def engine_figures(status: dict[str, Any], aligner: dict[str, Any] | None) -> Iterator[Metric]:
     """The engine's lifecycle and counts (its status(), as /health shows it) as metrics."""
-    state = GaugeMetricFamily(
-        _name("model_state"), "1 for the model's current state, 0 for the others.", labels=["state"]
-    )
-    for name in MODEL_STATES:
-        state.add_metric([name], 1.0 if status["state"] == name else 0.0)
-    yield state
+    yield _state("model_state", "model", status["state"])
     yield CounterMetricFamily(_name("model_loads"), "Times the model was loaded.", value=status["loads"])
     yield CounterMetricFamily(_name("model_unloads"), "Times the model was unloaded.", value=status["unloads"])
     yield GaugeMetricFamily(
@@ -131,12 +134,7 @@ def engine_figures(status: dict[str, Any], aligner: dict[str, Any] | None) -> It
     stops.add_metric(["repetition"], status["repetition_stops"])
     yield stops
     if aligner is not None:
-        aligned = GaugeMetricFamily(
-            _name("aligner_state"), "1 for the forced aligner's current state, 0 for the others.", labels=["state"]
-        )
-        for name in MODEL_STATES:
-            aligned.add_metric([name], 1.0 if aligner["state"] == name else 0.0)
-        yield aligned
+        yield _state("aligner_state", "forced aligner", aligner["state"])
         yield CounterMetricFamily(_name("aligner_loads"), "Times the aligner was loaded.", value=aligner["loads"])
 
 
