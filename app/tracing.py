@@ -65,10 +65,9 @@ def end() -> None:
 @contextmanager
 def working_for(request_id: str | None) -> Iterator[RequestRecord]:
     """The current record for a block of work done on behalf of a request (a job's run), restored after it."""
-    token = _current.set(RequestRecord(request_id or uuid.uuid4().hex))
+    record = RequestRecord(request_id or uuid.uuid4().hex)
+    token = _current.set(record)
     try:
-        record = _current.get()
-        assert record is not None
         yield record
     finally:
         _current.reset(token)

@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 
 from flask import Response, jsonify, request
+from werkzeug.datastructures import FileStorage
 
 from app.audio import DecodeStats
 from app.errors import InvalidOption, quoted
@@ -88,16 +89,7 @@ def transcriptions() -> Response:
         # The WSGI server closes every response, finished or abandoned: the copy goes with it.
         response.call_on_close(lambda: path.unlink(missing_ok=True))
         return response
-    started = time.monotonic()
-    with local_path(file) as path:
-        # Subtitles are timed by words, and so is verbose_json's words array.
-        align = asked.response_format in ("srt", "vtt") or "word" in asked.timestamp_granularities
-        transcript = services.pipeline.transcribe(path, options, check=client_check(), align=align)
-    text, output_file = save_transcript(services.outputs_dir, transcript)
-    log.info("transcribed %.1f s of audio in %.1f s", transcript.duration, time.monotonic() - started)
-    response = _render(asked, transcript, text, options)
-    response.headers["X-Output-File"] = output_file
-    return response
+    return _answer(services, file, asked, options)
 
 
 def translations() -> Response:
@@ -110,11 +102,18 @@ def translations() -> Response:
     options = form_options().model_copy(update={"task": "translate"})
     if not services.settings.model_variant.translates:
         raise InvalidOption("model", services.settings.model_variant.why_not_translate)
+    return _answer(services, file, asked, options)
+
+
+def _answer(services: Services, file: FileStorage, asked: TranscriptionRequest, options: TranscribeOptions) -> Response:
+    """Transcribe (or translate) the upload, keep its output file, and answer in the format asked for."""
+    started = time.monotonic()
     with local_path(file) as path:
-        transcript = services.pipeline.transcribe(
-            path, options, check=client_check(), align=asked.response_format in ("srt", "vtt")
-        )
+        # Subtitles are timed by words, and so is verbose_json's words array (a translation is never aligned).
+        align = asked.response_format in ("srt", "vtt") or "word" in asked.timestamp_granularities
+        transcript = services.pipeline.transcribe(path, options, check=client_check(), align=align)
     text, output_file = save_transcript(services.outputs_dir, transcript)
+    log.info("%s: %.1f s of audio in %.1f s", options.task, transcript.duration, time.monotonic() - started)
     response = _render(asked, transcript, text, options)
     response.headers["X-Output-File"] = output_file
     return response
