@@ -651,6 +651,24 @@ def cmd_get(body_path, key):
     print(value if isinstance(value, str) else json.dumps(value))
 
 
+def cmd_page(code, hdr_path, body_path):
+    """GET /: the web page, with a policy that lets only its own files run."""
+    label = "GET / -> 200 the web page (HTML, its script from /static, no inline script allowed)"
+    headers = last_headers(hdr_path)
+    body = read_bytes(body_path).decode("utf-8", "replace")
+    policy = headers.get("content-security-policy", "")
+    problems = []
+    if code != "200":
+        problems.append("status %s" % code)
+    if not headers.get("content-type", "").startswith("text/html"):
+        problems.append("content type %r" % headers.get("content-type"))
+    if "script-src 'self'" not in policy or "unsafe-inline" in policy:
+        problems.append("Content-Security-Policy %r" % policy)
+    if 'src="/static/app.js"' not in body:
+        problems.append("the page does not load /static/app.js")
+    verdict(label, problems)
+
+
 def cmd_quote(value):
     print(urllib.parse.quote(value, safe=""))
 
@@ -668,6 +686,7 @@ COMMANDS = {
     "error": cmd_error,
     "get": cmd_get,
     "quote": cmd_quote,
+    "page": cmd_page,
 }
 
 if __name__ == "__main__":
@@ -767,6 +786,10 @@ if [ "$CURL_RC" -ne 0 ]; then
     exit 3
 fi
 check health "$HTTP_CODE" "$WORK/health.body"
+
+# --- the web page ----------------------------------------------------------------------------------------
+http page 30 /
+responded "GET /" page && check page "$HTTP_CODE" "$WORK/page.hdr" "$WORK/page.body"
 
 # --- synchronous transcription ---------------------------------------------------------------------------
 transcribe text /transcribe

@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     from app.observability import install_observability
     from app.openai_api import bp as openai_bp
     from app.openapi import bp as openapi_bp
+    from app.web import bp as web_bp
+    from app.web import install_content_policy
     from app.webservice import bp as webservice_bp
 
     app.register_blueprint(bp)
@@ -88,10 +90,12 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     app.register_blueprint(openapi_bp)
     app.register_blueprint(webservice_bp)
     app.register_blueprint(observability_bp)
+    app.register_blueprint(web_bp)
     register_error_handlers(app)
     # First: every later hook, the key check included, runs with the request's id in place.
     install_observability(app)
     install_security(app, settings)
+    install_content_policy(app)
     # After the key check: a client without a key learns nothing of the disk.
     install_disk_guard(app, services.disk)
     services.start()

@@ -85,6 +85,15 @@ def health() -> Response:
         ),
         storage=disk,
         jobs=jobs,
+        upload=shapes.UploadConfig(
+            api_key_required=bool(settings.api_keys or settings.admin_api_keys),
+            max_upload_bytes=settings.max_upload_size,
+            max_audio_duration=settings.max_audio_duration,
+            languages=shapes.LANGUAGES,
+            translates=settings.model_variant.translates,
+            takes_prompt=settings.model_variant.task != "caption",
+            defaults=settings.default_options().to_dict(),
+        ),
     )
     return jsonify(body.body())
 
@@ -276,6 +285,7 @@ def _job_body(job: Job) -> dict[str, Any]:
         request_id=job.request_id,
         status=JobState(job.status),
         progress=shapes.JobProgress(segments_done=job.segments_done, segments_total=job.segments_total),
+        queue_position=current_services().jobs.queue_position(job.id) if job.status == JobState.QUEUED else None,
         created_at=job.created_at,
         started_at=job.started_at,
         **fields,

@@ -163,6 +163,17 @@ class JobStore:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
+    def queue_position(self, job_id: str) -> int | None:
+        """Where a queued job stands: 1 for the next one to start; None when it is not queued."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COUNT(*) AS ahead FROM jobs AS other, jobs AS job WHERE job.id = ?"
+                f" AND job.status = '{_QUEUED}' AND other.status = '{_QUEUED}'"
+                " AND (other.created_at, other.rowid) <= (job.created_at, job.rowid)",
+                (job_id,),
+            ).fetchone()
+        return int(row["ahead"]) or None
+
     def claim_next(self) -> Job | None:
         """Atomically move the oldest queued job to processing and return it."""
         with self._connect() as db:

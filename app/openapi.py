@@ -25,7 +25,7 @@ from app.services import current_services
 from app.settings import Settings
 
 # The version of the HTTP API this document describes; bump it when a route or a body changes.
-API_VERSION = "0.2.0"
+API_VERSION = "0.3.0"
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Qwen-Omni speech transcription service"
 # Both schemes are alternatives: a request passes with either header when the server has keys configured.

@@ -13,13 +13,20 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.errors import Unauthorized
 from app.settings import Settings
 
-# Monitors poll this without credentials, and it must never be throttled.
-OPEN_PATHS = frozenset({"/health"})
+# Monitors poll /health without credentials, and it must never be throttled. The web page and its static files
+# are open too: the page asks for the key itself, and holds nothing the key guards.
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def open_paths(settings: Settings) -> frozenset[str]:
-    """The paths served without a key or a rate limit: /health, and /metrics when it is made public."""
+    """The paths served without a key or a rate limit: /health, the page, and /metrics when it is made public."""
     return OPEN_PATHS | {"/metrics"} if settings.metrics_public else OPEN_PATHS
+
+
+def is_open(path: str, paths: frozenset[str]) -> bool:
+    """Whether a request path is served without a key or a rate limit."""
+    return path in paths or path.startswith(OPEN_PREFIXES)
 
 
 def _digest(key: str) -> bytes:
@@ -116,13 +123,13 @@ def install_security(app: Flask, settings: Settings) -> None:
             storage_uri="memory://",
             headers_enabled=True,
         )
-        limiter.request_filter(lambda: request.path in unchecked)
+        limiter.request_filter(lambda: is_open(request.path, unchecked))
     if check is not None:
         valid = check
 
         @app.before_request
         def _require_key() -> None:
-            if request.path in unchecked:
+            if is_open(request.path, unchecked):
                 return
             key = presented_key()
             if not valid.accepts(key):

@@ -2,9 +2,12 @@
 # The smoke test in one command, from a fresh clone: set up the test virtualenv if needed (scripts/setup.sh),
 # build the tiny random-weight checkpoint, start the service on it on a loopback port, run test_awq_service.sh
 # against it, and stop the service. Nothing is downloaded but the pinned packages; nothing is left behind.
+# Run from a terminal, it then keeps the service up so that its web page (http://127.0.0.1:5055/) can be tried
+# in a browser, until Ctrl-C.
 #
 # Usage: scripts/smoke.sh [AUDIO_FILE]   (default: ../shared/audio/jfk.flac, else a generated tone)
-# Environment: VENV (default .venv), PORT (default: a free one).
+# Environment: VENV (default .venv), PORT (default 5055, else a free one when 5055 is taken),
+#              SMOKE_SERVE (1: keep serving after the checks, 0: stop; default: 1 when run from a terminal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +33,21 @@ if [ ! -f "$AUDIO" ]; then
     AUDIO="$WORK/tone.wav"
     ffmpeg -nostdin -v error -f lavfi -i "sine=f=440:d=5" "$AUDIO"
 fi
-PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+if [ -z "${PORT:-}" ]; then
+    # 5055, the port the README names, unless something already listens there.
+    PORT=$("$PY" -c '
+import socket
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 5055))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+fi
+SERVE=${SMOKE_SERVE:-}
+if [ -z "$SERVE" ]; then
+    if [ -t 0 ] && [ -t 1 ]; then SERVE=1; else SERVE=0; fi
+fi
 
 echo "== building the tiny checkpoint"
 "$PY" serve/make_tiny_checkpoint.py "$WORK/tiny" >/dev/null
@@ -45,3 +62,10 @@ for _ in $(seq 1 300); do
 done
 echo "== running test_awq_service.sh"
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32} ./test_awq_service.sh "http://127.0.0.1:$PORT" "$AUDIO"
+if [ "$SERVE" = 1 ]; then
+    echo
+    echo "== the service keeps running: open http://127.0.0.1:$PORT/ in a browser to transcribe a file"
+    echo "   (tiny random weights: the text is gibberish, every step is real). Ctrl-C stops it."
+    trap 'exit 0' INT TERM
+    wait "$SERVER_PID"
+fi

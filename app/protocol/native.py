@@ -435,6 +435,9 @@ class Job(Shape):
     # Inline rather than a component of its own: the states read where the field is.
     status: Annotated[JobState, WithJsonSchema({"type": "string", "enum": [state.value for state in JobState]})]
     progress: JobProgress
+    queue_position: int | None = Field(
+        None, ge=1, description="While queued: 1 for the next job to start, 2 for the one after it; else null."
+    )
     created_at: Timestamp
     started_at: Timestamp | None
     completed_at: Timestamp | SkipJsonSchema[None] = None
@@ -519,6 +522,23 @@ class JobCounts(Shape):
     running: int = Field(ge=0)
 
 
+OptionDefault = str | int | float | bool | None
+
+
+class UploadConfig(Shape):
+    """What a client needs to build a form this server accepts, before it sends anything."""
+
+    api_key_required: bool = Field(description="Every route but /health (and the web page) needs an API key.")
+    max_upload_bytes: int = Field(ge=1, description="The largest request body accepted (413 above it).")
+    max_audio_duration: float = Field(gt=0, description="The longest audio accepted, in seconds (413 above it).")
+    languages: dict[str, str] = Field(description="The language codes the language option takes, with their names.")
+    translates: bool = Field(description="Whether task=translate is served (the Omni variants).")
+    takes_prompt: bool = Field(description="Whether a prompt is taken (not by the Captioner).")
+    defaults: dict[str, OptionDefault] = Field(
+        description="The transcription options a form leaves out take these values (TranscribeOptions' fields)."
+    )
+
+
 class Health(Shape):
     """GET /health: always 200 while the service is up."""
 
@@ -535,3 +555,4 @@ class Health(Shape):
     model: ModelHealth
     storage: StorageHealth
     jobs: JobCounts | None = Field(description="Null when the job database cannot be read.")
+    upload: UploadConfig

@@ -127,3 +127,41 @@ def test_the_captioner_refuses_detection_and_translation_before_any_work(tmp_pat
         assert flask_app.extensions["asr"].engine.status()["state"] == "unloaded"
     finally:
         flask_app.extensions["asr"].stop()
+
+
+def test_health_tells_a_client_what_the_server_accepts(tmp_path: Path) -> None:
+    """/health's upload section follows the settings and the variant: keys, limits, languages, defaults."""
+    settings = Settings(
+        data_dir=str(tmp_path / "a"), device="cpu", api_key="k1", max_upload_size=5_000_000, segment_duration=30
+    )
+    app = create_app(settings, loader=broken_loader)
+    try:
+        upload = app.test_client().get("/health").get_json()["upload"]
+    finally:
+        app.extensions["asr"].stop()
+    assert upload["api_key_required"] is True and upload["max_upload_bytes"] == 5_000_000
+    assert upload["languages"]["en"] == "English" and upload["translates"] and upload["takes_prompt"]
+    assert upload["defaults"] == {**settings.default_options().to_dict(), "segment_duration": 30.0}
+    assert upload["defaults"]["vad"] is True and upload["defaults"]["max_new_tokens"] == 8192
+    captioner_settings = Settings(data_dir=str(tmp_path / "b"), device="cpu", variant="captioner", vad=False)
+    captioner = create_app(captioner_settings, broken_loader)
+    try:
+        upload = captioner.test_client().get("/health").get_json()["upload"]
+    finally:
+        captioner.extensions["asr"].stop()
+    assert upload["api_key_required"] is False and not upload["takes_prompt"] and not upload["translates"]
+    assert upload["defaults"]["vad"] is False
+
+
+def test_a_queued_job_shows_its_place_in_the_queue(app: Flask) -> None:
+    """With the runners stopped, jobs wait in the order they came: positions 1, 2, 3; a cancelled one leaves
+    the queue and the ones behind it move up."""
+    app.extensions["asr"].runner.stop(timeout=5)
+    client = app.test_client()
+    ids = []
+    for _ in range(3):
+        with open(AISHELL, "rb") as f:
+            ids.append(client.post("/transcribe/async", data={"file": (f, "a.wav")}).get_json()["job_id"])
+    assert [client.get(f"/status/{job_id}").get_json()["queue_position"] for job_id in ids] == [1, 2, 3]
+    assert client.delete(f"/status/{ids[0]}").get_json()["queue_position"] is None
+    assert [client.get(f"/status/{job_id}").get_json()["queue_position"] for job_id in ids[1:]] == [1, 2]

@@ -62,6 +62,18 @@ def test_claim_next_oldest_first(store: JobStore, tmp_path: Path) -> None:
     assert store.counts() == {"queued": 0, "processing": 3, "completed": 0, "failed": 0, "cancelled": 0}
 
 
+def test_queue_position_counts_the_queued_jobs_ahead(store: JobStore, tmp_path: Path) -> None:
+    """1 for the next job to start, in claim order; None once claimed, cancelled, or unknown."""
+    for n in range(4):
+        store.create(f"j{n}", OPTIONS, tmp_path / f"{n}.wav")
+    assert [store.queue_position(f"j{n}") for n in range(4)] == [1, 2, 3, 4]
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.id == "j0"
+    store.cancel("j2")
+    assert [store.queue_position(f"j{n}") for n in range(4)] == [None, 1, None, 2]
+    assert store.queue_position("nothing") is None
+
+
 def test_claim_next_empty_store(store: JobStore) -> None:
     """Nothing queued: None."""
     assert store.claim_next() is None

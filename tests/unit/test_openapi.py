@@ -19,7 +19,8 @@ from app.protocol.native import JOB_STATES, LANGUAGES, MAX_PROMPT_CHARS, RANGES,
 from app.settings import Settings
 
 # Blueprints whose routes the document does not describe: none, both APIs are in it.
-UNDESCRIBED_BLUEPRINTS: set[str] = set()
+# The web page is a client of the API, not part of it.
+UNDESCRIBED_BLUEPRINTS = {"web"}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 

@@ -1,0 +1,970 @@
+// The web page's script. It is a client of the public HTTP API only (/health, /transcribe/async, /status/<id>,
+// /status/<id>/result, /v1/models), with the same key and limits as any other client. Text from the server is
+// only ever inserted as text (textContent), never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STORE = "qwen-asr";
+const KEYS = {
+  jobs: `${STORE}.jobs`,
+  apiKey: `${STORE}.api-key`,
+  lang: `${STORE}.lang`,
+  selected: `${STORE}.selected`,
+};
+const LANGUAGES = ["en", "zh-Hant", "ru"];
+const FINAL = new Set(["completed", "failed", "cancelled", "gone"]);
+const POLL_MS = 1000;
+const HEALTH_MS = 3000;
+// Recordings and uploads are kept in this browser (IndexedDB) so that the player still works after a reload;
+// larger files are not copied, and the page asks for the file again to play it.
+const MEDIA_LIMIT = 1024 ** 3;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Language catalogues: every visible string is in app/static/i18n/<language>.json.
+
+let catalogue = {};
+let english = {};
+let lang = "en";
+
+function t(key, params = {}) {
+  const text = catalogue[key] ?? english[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
+}
+
+async function loadCatalogue(code) {
+  const response = await fetch(`/static/i18n/${code}.json`);
+  if (!response.ok) throw new Error(`no catalogue for ${code}`);
+  return response.json();
+}
+
+function preferredLanguage() {
+  const saved = localStorage.getItem(KEYS.lang);
+  if (LANGUAGES.includes(saved)) return saved;
+  for (const tag of navigator.languages || [navigator.language || "en"]) {
+    const low = tag.toLowerCase();
+    // Chinese readers get the Traditional catalogue, the only Chinese one.
+    if (low.startsWith("zh")) return "zh-Hant";
+    if (low.startsWith("ru")) return "ru";
+    if (low.startsWith("en")) return "en";
+  }
+  return "en";
+}
+
+async function setLanguage(code, remember) {
+  catalogue = code === "en" ? english : await loadCatalogue(code);
+  lang = code;
+  document.documentElement.lang = code;
+  $("lang-switch").value = code;
+  if (remember) localStorage.setItem(KEYS.lang, code);
+  for (const element of document.querySelectorAll("[data-i18n]")) element.textContent = t(element.dataset.i18n);
+  for (const element of document.querySelectorAll("[data-i18n-label]")) {
+    element.setAttribute("aria-label", t(element.dataset.i18nLabel));
+  }
+  document.title = t("title");
+  applyServerConfig(false);
+  renderStatus();
+  renderJobs();
+  renderResultText();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Formatting.
+
+function formatBytes(bytes) {
+  const units = ["byte", "kilobyte", "megabyte", "gigabyte", "terabyte"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return new Intl.NumberFormat(lang, { style: "unit", unit: units[unit], maximumFractionDigits: 1 }).format(value);
+}
+
+function formatClock(seconds) {
+  const total = Math.max(0, Math.round(seconds));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+function languageName(code, english) {
+  try {
+    return new Intl.DisplayNames([lang], { type: "language" }).of(code) || english;
+  } catch {
+    return english;
+  }
+}
+
+function stamp() {
+  const d = new Date();
+  const two = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}${two(d.getMonth() + 1)}${two(d.getDate())}-${two(d.getHours())}${two(d.getMinutes())}${two(d.getSeconds())}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The API: the key rides on every call, and an error body's message is shown as the server wrote it.
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function apiKey() {
+  return localStorage.getItem(KEYS.apiKey) || "";
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function errorOf(status, text) {
+  let code = `http_${status}`;
+  let message = t("error_status", { status });
+  try {
+    // Both envelopes (the native one and OpenAI's) keep code and message under "error".
+    const detail = JSON.parse(text).error || {};
+    code = detail.code || code;
+    message = detail.message || message;
+  } catch {
+    // Not JSON (a proxy's page): the status says enough.
+  }
+  if (status === 401) askForKey(true);
+  return new ApiError(status, code, message);
+}
+
+async function api(path, init = {}) {
+  let response;
+  try {
+    response = await fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
+  } catch {
+    throw new ApiError(0, "network", t("error_network"));
+  }
+  if (!response.ok) throw await errorOf(response.status, await response.text());
+  return response;
+}
+
+function attachmentName(header, fallback) {
+  if (!header) return fallback;
+  const extended = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  if (extended) {
+    try {
+      return decodeURIComponent(extended[1]);
+    } catch {
+      // A malformed escape: fall back to the plain name.
+    }
+  }
+  const plain = /filename="?([^";]+)"?/i.exec(header);
+  return plain ? plain[1] : fallback;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server status and configuration, from /health (open: it needs no key).
+
+let health = null;
+let clockSkew = 0;
+let defaultsApplied = false;
+
+async function pollHealth() {
+  try {
+    const response = await fetch("/health", { cache: "no-store" });
+    health = await response.json();
+    clockSkew = Date.parse(health.timestamp) - Date.now() || 0;
+    applyServerConfig(!defaultsApplied);
+    defaultsApplied = true;
+  } catch {
+    health = null;
+  }
+  renderStatus();
+  renderJobs();
+  setTimeout(pollHealth, HEALTH_MS);
+}
+
+function serverNow() {
+  return Date.now() + clockSkew;
+}
+
+function renderStatus() {
+  const box = $("server-status");
+  const text = $("server-status-text");
+  const problems = $("server-problems");
+  if (!health) {
+    box.dataset.state = "down";
+    text.textContent = t("status_down");
+    problems.hidden = true;
+    return;
+  }
+  const model = health.model;
+  box.dataset.state = model.state;
+  const parts = [t(`model_${model.state}`)];
+  if (model.state === "loading" && model.download && model.download.percent != null) {
+    parts.push(t("model_download", { percent: Math.round(model.download.percent) }));
+  }
+  if (model.state === "error" && model.error) parts.push(model.error);
+  parts.push(t("device", { device: model.device }));
+  if (health.gpu_available) {
+    parts.push(t("gpu_memory", {
+      allocated: formatBytes(health.gpu_memory_allocated_gb * 1e9),
+      reserved: formatBytes(health.gpu_memory_reserved_gb * 1e9),
+    }));
+  }
+  text.textContent = parts.join(" · ");
+  problems.hidden = health.problems.length === 0;
+  problems.textContent = health.problems.join(" ");
+}
+
+function applyServerConfig(withDefaults) {
+  const upload = health && health.upload;
+  if (!upload) return;
+  $("size-limit").textContent = t("size_limit", { size: formatBytes(upload.max_upload_bytes) });
+  const select = $("opt-language");
+  const chosen = select.value;
+  select.replaceChildren(select.options[0]);
+  const names = Object.entries(upload.languages).map(([code, name]) => [code, languageName(code, name)]);
+  names.sort((a, b) => a[1].localeCompare(b[1], lang));
+  for (const [code, name] of names) select.add(new Option(name, code));
+  select.value = chosen;
+  $("opt-prompt").hidden = $("opt-prompt-label").hidden = !upload.takes_prompt;
+  $("key-change").hidden = !upload.api_key_required;
+  if (withDefaults) {
+    const d = upload.defaults;
+    $("opt-segment").value = d.segment_duration;
+    $("opt-segment").placeholder = d.segment_duration;
+    $("opt-vad").checked = Boolean(d.vad);
+    $("opt-s2t").checked = Boolean(d.enable_s2t);
+    $("opt-words").checked = Boolean(d.word_timestamps);
+    select.value = d.language || "";
+    if (upload.api_key_required && !apiKey()) askForKey(false);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The API key: asked once, kept in this browser, checked against the server before it is kept.
+
+function askForKey(rejected) {
+  $("key-panel").hidden = false;
+  $("key-message").textContent = t(rejected ? "key_rejected" : "key_needed");
+  $("api-key").focus();
+}
+
+async function saveKey(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  const error = $("key-error");
+  error.textContent = "";
+  if (!key) {
+    error.textContent = t("key_empty");
+    return;
+  }
+  let response;
+  try {
+    response = await fetch("/v1/models", { headers: { Authorization: `Bearer ${key}` } });
+  } catch {
+    error.textContent = t("error_network");
+    return;
+  }
+  if (response.status === 401) {
+    error.textContent = t("key_wrong");
+    $("api-key").select();
+    return;
+  }
+  if (!response.ok) {
+    error.textContent = (await errorOf(response.status, await response.text())).message;
+    return;
+  }
+  localStorage.setItem(KEYS.apiKey, key);
+  $("api-key").value = "";
+  $("key-panel").hidden = true;
+  $("upload-message").textContent = "";
+  pollJobs();
+  const job = jobs.find((j) => j.id === selectedId);
+  if (job && job.last && job.last.status === "completed") showResult(job);
+}
+
+function forgetKey() {
+  localStorage.removeItem(KEYS.apiKey);
+  $("api-key").value = "";
+  askForKey(false);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Media kept in this browser (IndexedDB), keyed by job id.
+
+const media = {
+  db: null,
+  open() {
+    this.db ??= new Promise((resolve, reject) => {
+      const request = indexedDB.open(STORE, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore("media");
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    return this.db;
+  },
+  async run(mode, work) {
+    const db = await this.open();
+    return new Promise((resolve, reject) => {
+      const transaction = db.transaction("media", mode);
+      const request = work(transaction.objectStore("media"));
+      transaction.oncomplete = () => resolve(request.result);
+      transaction.onerror = transaction.onabort = () => reject(transaction.error);
+    });
+  },
+  put(id, blob) {
+    return this.run("readwrite", (store) => store.put(blob, id));
+  },
+  get(id) {
+    return this.run("readonly", (store) => store.get(id));
+  },
+  remove(id) {
+    return this.run("readwrite", (store) => store.delete(id));
+  },
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Jobs: this browser's, kept in localStorage with their last known status, polled until they finish.
+
+let jobs = loadJobs();
+let selectedId = localStorage.getItem(KEYS.selected);
+
+function loadJobs() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(KEYS.jobs) || "[]");
+    return Array.isArray(stored) ? stored.filter((j) => j && typeof j.id === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveJobs() {
+  localStorage.setItem(KEYS.jobs, JSON.stringify(jobs));
+}
+
+function jobState(job) {
+  return job.last ? job.last.status : "queued";
+}
+
+function keepStatus(job, body) {
+  // The transcript itself is fetched when shown: only the status is kept, so that storage stays small.
+  const { transcription, segments, ...status } = body;
+  job.last = status;
+  saveJobs();
+}
+
+let polling = false;
+
+async function pollJobs() {
+  if (polling) return;
+  polling = true;
+  try {
+    for (const job of jobs.filter((j) => !FINAL.has(jobState(j)))) {
+      try {
+        const body = await (await api(`/status/${encodeURIComponent(job.id)}`)).json();
+        const wasDone = jobState(job) === "completed";
+        keepStatus(job, body);
+        if (!wasDone && body.status === "completed" && job.id === selectedId) showResult(job);
+      } catch (error) {
+        if (error.status === 404) {
+          job.last = { ...(job.last || {}), status: "gone" };
+          saveJobs();
+        } else if (error.status === 401) {
+          break;
+        }
+      }
+    }
+  } finally {
+    polling = false;
+  }
+  renderJobs();
+}
+
+function loopJobs() {
+  pollJobs().finally(() => setTimeout(loopJobs, POLL_MS));
+}
+
+function addJob(id, file) {
+  const job = { id, name: file.name, size: file.size, type: file.type, submitted: Date.now(), last: null };
+  jobs.unshift(job);
+  saveJobs();
+  if (file.size <= MEDIA_LIMIT) {
+    // Best effort: a full quota only means the player asks for the file again.
+    media.put(id, file).catch(() => {});
+  }
+  select(job);
+  renderJobs();
+  pollJobs();
+}
+
+function select(job) {
+  selectedId = job.id;
+  localStorage.setItem(KEYS.selected, job.id);
+  if (jobState(job) === "completed") showResult(job);
+  else hideResult();
+  renderJobs();
+}
+
+async function cancelJob(job) {
+  try {
+    keepStatus(job, await (await api(`/status/${encodeURIComponent(job.id)}`, { method: "DELETE" })).json());
+  } catch (error) {
+    if (error.status === 404) job.last = { ...(job.last || {}), status: "gone" };
+    else flash(error.message);
+  }
+  renderJobs();
+}
+
+async function deleteJob(job) {
+  if (jobState(job) !== "gone") {
+    try {
+      const body = await (await api(`/status/${encodeURIComponent(job.id)}`, { method: "DELETE" })).json();
+      if (body.status !== "deleted") {
+        keepStatus(job, body);
+        renderJobs();
+        return;
+      }
+    } catch (error) {
+      if (error.status !== 404) {
+        flash(error.message);
+        return;
+      }
+    }
+  }
+  jobs = jobs.filter((j) => j.id !== job.id);
+  saveJobs();
+  media.remove(job.id).catch(() => {});
+  if (selectedId === job.id) hideResult();
+  renderJobs();
+}
+
+function flash(message) {
+  $("upload-message").textContent = message;
+}
+
+function jobDetail(job) {
+  const last = job.last;
+  const state = jobState(job);
+  if (!last) return t("job_submitted");
+  const started = last.started_at ? Date.parse(last.started_at) : null;
+  const finished = last.completed_at ? Date.parse(last.completed_at) : null;
+  const { segments_done: done, segments_total: total } = last.progress || { segments_done: 0, segments_total: 0 };
+  switch (state) {
+    case "queued":
+      return last.queue_position ? t("job_queue_position", { position: last.queue_position }) : t("job_queued");
+    case "processing": {
+      const model = health && health.model;
+      if (done === 0 && model && (model.state === "unloaded" || model.state === "loading")) return t("job_model_loading");
+      if (done === 0 && model && model.state === "error") return t("job_model_error", { reason: model.error || "" });
+      const elapsed = started ? (serverNow() - started) / 1000 : 0;
+      const parts = [t("job_segments", { done, total }), t("job_elapsed", { time: formatClock(elapsed) })];
+      // The total grows while the file is still being cut, so the estimate is a lower bound early on.
+      if (done > 0 && total > done) parts.push(t("job_left", { time: formatClock((elapsed / done) * (total - done)) }));
+      return parts.join(" · ");
+    }
+    case "completed": {
+      const parts = [];
+      if (last.duration != null) parts.push(t("job_audio", { time: formatClock(last.duration) }));
+      if (started && finished) parts.push(t("job_took", { time: formatClock((finished - started) / 1000) }));
+      return parts.join(" · ");
+    }
+    case "gone":
+      return t("job_gone");
+    default:
+      return last.error || "";
+  }
+}
+
+function jobElement(job) {
+  const item = document.createElement("li");
+  item.className = "job";
+  item.dataset.id = job.id;
+  const head = document.createElement("div");
+  head.className = "job-head";
+  const name = document.createElement("button");
+  name.type = "button";
+  name.className = "job-name";
+  name.addEventListener("click", () => select(job));
+  const state = document.createElement("span");
+  state.className = "job-state";
+  head.append(name, state);
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  const fill = document.createElement("div");
+  fill.className = "fill";
+  bar.append(fill);
+  const detail = document.createElement("p");
+  detail.className = "job-detail";
+  const actions = document.createElement("div");
+  actions.className = "job-actions";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "danger job-cancel";
+  cancel.addEventListener("click", () => cancelJob(job));
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "secondary job-delete";
+  remove.addEventListener("click", () => deleteJob(job));
+  actions.append(cancel, remove);
+  item.append(head, bar, detail, actions);
+  return item;
+}
+
+function renderJobs() {
+  const list = $("jobs");
+  const existing = new Map([...list.children].map((item) => [item.dataset.id, item]));
+  jobs.forEach((job, position) => {
+    const item = existing.get(job.id) || jobElement(job);
+    existing.delete(job.id);
+    if (list.children[position] !== item) list.insertBefore(item, list.children[position] || null);
+    updateJobElement(item, job);
+  });
+  for (const item of existing.values()) item.remove();
+  $("jobs-empty").hidden = jobs.length > 0;
+}
+
+function updateJobElement(item, job) {
+  const state = jobState(job);
+  item.classList.toggle("selected", job.id === selectedId);
+  const name = item.querySelector(".job-name");
+  name.textContent = job.name;
+  name.disabled = state !== "completed";
+  name.setAttribute("aria-current", job.id === selectedId ? "true" : "false");
+  const badge = item.querySelector(".job-state");
+  badge.dataset.state = state;
+  badge.textContent = t(`state_${state}`);
+  const progress = (job.last && job.last.progress) || { segments_done: 0, segments_total: 0 };
+  const bar = item.querySelector('[role="progressbar"]');
+  bar.setAttribute("aria-label", t("job_progress", { name: job.name }));
+  const percent = progress.segments_total ? Math.round((100 * progress.segments_done) / progress.segments_total) : 0;
+  bar.setAttribute("aria-valuenow", String(percent));
+  bar.setAttribute("aria-valuetext", t("job_segments", { done: progress.segments_done, total: progress.segments_total }));
+  bar.firstChild.style.width = `${percent}%`;
+  bar.hidden = FINAL.has(state);
+  item.querySelector(".job-detail").textContent = jobDetail(job);
+  const cancel = item.querySelector(".job-cancel");
+  cancel.hidden = FINAL.has(state);
+  cancel.textContent = t("cancel");
+  cancel.setAttribute("aria-label", t("cancel_named", { name: job.name }));
+  const remove = item.querySelector(".job-delete");
+  remove.hidden = !FINAL.has(state);
+  remove.textContent = t("delete");
+  remove.setAttribute("aria-label", t("delete_named", { name: job.name }));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Upload: the file picker, drag and drop, the options, and the upload with its progress.
+
+let chosen = null;
+let upload = null;
+
+function choose(file) {
+  chosen = file;
+  $("file-info").textContent = file ? `${file.name} (${formatBytes(file.size)})` : "";
+  $("upload-message").textContent = "";
+}
+
+function formFields() {
+  const fields = {
+    segment_duration: $("opt-segment").value.trim(),
+    vad: String($("opt-vad").checked),
+    enable_s2t: String($("opt-s2t").checked),
+    word_timestamps: String($("opt-words").checked),
+    language: $("opt-language").value,
+  };
+  if (!$("opt-prompt").hidden && $("opt-prompt").value.trim()) fields.prompt = $("opt-prompt").value.trim();
+  return fields;
+}
+
+function setUploadProgress(loaded, total, started) {
+  const percent = total ? Math.min(100, Math.round((100 * loaded) / total)) : 0;
+  const bar = $("upload-bar");
+  bar.setAttribute("aria-valuenow", String(percent));
+  bar.firstChild.style.width = `${percent}%`;
+  const seconds = (performance.now() - started) / 1000;
+  const speed = seconds > 0 ? loaded / seconds : 0;
+  const text = loaded >= total && total > 0
+    ? t("upload_checking")
+    : t("upload_progress", { done: formatBytes(loaded), total: formatBytes(total), speed: formatBytes(speed), percent });
+  bar.setAttribute("aria-valuetext", text);
+  $("upload-progress-label").textContent = text;
+}
+
+function submit(file) {
+  const message = $("upload-message");
+  message.textContent = "";
+  if (!file) {
+    message.textContent = t("choose_file");
+    $("file").focus();
+    return;
+  }
+  const limit = health && health.upload ? health.upload.max_upload_bytes : null;
+  if (limit && file.size > limit) {
+    message.textContent = t("too_large", { size: formatBytes(file.size), limit: formatBytes(limit) });
+    return;
+  }
+  const segment = Number($("opt-segment").value);
+  if ($("opt-segment").value.trim() && !(segment >= 1 && segment <= 300)) {
+    message.textContent = t("segment_range");
+    $("opt-segment").focus();
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  for (const [name, value] of Object.entries(formFields())) form.append(name, value);
+  const xhr = new XMLHttpRequest();
+  upload = xhr;
+  const started = performance.now();
+  xhr.open("POST", "/transcribe/async");
+  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+  xhr.upload.addEventListener("progress", (event) => setUploadProgress(event.loaded, event.total, started));
+  xhr.addEventListener("load", async () => {
+    endUpload();
+    if (xhr.status === 202) {
+      const body = JSON.parse(xhr.responseText);
+      addJob(body.job_id, file);
+      choose(null);
+      $("file").value = "";
+      return;
+    }
+    message.textContent = (await errorOf(xhr.status, xhr.responseText)).message;
+  });
+  xhr.addEventListener("error", () => {
+    endUpload();
+    message.textContent = t("error_network");
+  });
+  xhr.addEventListener("abort", () => {
+    endUpload();
+    message.textContent = t("upload_cancelled");
+  });
+  $("upload-progress").hidden = false;
+  setUploadProgress(0, file.size, started);
+  $("transcribe").textContent = t("upload_cancel");
+  xhr.send(form);
+}
+
+function endUpload() {
+  upload = null;
+  $("upload-progress").hidden = true;
+  $("transcribe").textContent = t("transcribe");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The microphone: MediaRecorder, then the recording is transcribed like any upload.
+
+let recorder = null;
+let recordTimer = null;
+
+async function toggleRecording() {
+  const message = $("upload-message");
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  message.textContent = "";
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.MediaRecorder) {
+    // Browsers offer the microphone only to secure pages (https, or this machine itself).
+    message.textContent = t("mic_unavailable");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (error) {
+    message.textContent = t("mic_denied", { reason: error.message || error.name });
+    return;
+  }
+  const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/mp4"].find((m) => MediaRecorder.isTypeSupported(m));
+  const active = new MediaRecorder(stream, type ? { mimeType: type } : {});
+  const chunks = [];
+  active.addEventListener("dataavailable", (event) => event.data.size && chunks.push(event.data));
+  active.addEventListener("stop", () => {
+    stream.getTracks().forEach((track) => track.stop());
+    clearInterval(recordTimer);
+    recorder = null;
+    $("record").setAttribute("aria-pressed", "false");
+    $("record").textContent = t("record");
+    $("record-time").textContent = "";
+    const mime = (active.mimeType || type || "audio/webm").split(";")[0];
+    const extension = mime.includes("ogg") ? "ogg" : mime.includes("mp4") ? "m4a" : "webm";
+    const file = new File(chunks, `recording-${stamp()}.${extension}`, { type: mime });
+    choose(file);
+    submit(file);
+  });
+  recorder = active;
+  active.start(1000);
+  const began = Date.now();
+  $("record").setAttribute("aria-pressed", "true");
+  $("record").textContent = t("record_stop");
+  recordTimer = setInterval(() => {
+    $("record-time").textContent = formatClock((Date.now() - began) / 1000);
+  }, 250);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The result: the player, the transcript beside it (following the playback), downloads and copy.
+
+let result = null;
+let player = null;
+let mediaUrl = null;
+let trackUrl = null;
+let currentSegment = null;
+let currentWord = null;
+
+function hideResult() {
+  $("result-panel").hidden = true;
+  result = null;
+  releaseMedia();
+}
+
+function releaseMedia() {
+  if (player) player.pause();
+  $("player-box").replaceChildren();
+  player = null;
+  for (const url of [mediaUrl, trackUrl]) if (url) URL.revokeObjectURL(url);
+  mediaUrl = trackUrl = null;
+}
+
+async function showResult(job) {
+  const panel = $("result-panel");
+  panel.hidden = false;
+  $("result-heading").textContent = job.name;
+  $("result-message").textContent = "";
+  $("segments").replaceChildren();
+  releaseMedia();
+  let body;
+  try {
+    const response = await api(`/status/${encodeURIComponent(job.id)}/result?format=json&word_timestamps=true`);
+    body = await response.json();
+  } catch (error) {
+    $("result-message").textContent = error.message;
+    return;
+  }
+  if (selectedId !== job.id) return;
+  result = { job, body };
+  renderResultText();
+  let blob = null;
+  try {
+    blob = await media.get(job.id);
+  } catch {
+    blob = null;
+  }
+  if (blob) attachMedia(blob);
+  else $("media-missing").hidden = false;
+}
+
+function renderResultText() {
+  if (!result) return;
+  const { body } = result;
+  const meta = [t("job_audio", { time: formatClock(body.duration) })];
+  if (body.language) meta.push(languageName(body.language, body.language));
+  meta.push(t("segment_count", { count: body.segments.length }));
+  $("result-meta").textContent = meta.join(" · ");
+  const box = $("segments");
+  box.replaceChildren();
+  if (body.segments.length === 0) {
+    const empty = document.createElement("p");
+    empty.className = "empty-transcript";
+    empty.textContent = t("no_speech");
+    box.append(empty);
+  }
+  for (const segment of body.segments) box.append(segmentElement(segment, body.language));
+  currentSegment = currentWord = null;
+}
+
+function segmentElement(segment, language) {
+  const line = document.createElement("p");
+  line.className = "segment";
+  line.dataset.start = segment.start;
+  line.dataset.end = segment.end;
+  const time = document.createElement("button");
+  time.type = "button";
+  time.className = "time";
+  time.textContent = formatClock(segment.start);
+  time.setAttribute("aria-label", t("play_from", { time: formatClock(segment.start) }));
+  time.addEventListener("click", () => seek(segment.start));
+  const text = document.createElement("span");
+  text.className = "text";
+  if (language) text.lang = language;
+  // Each word becomes a span over its own characters in the text, so the text reads exactly as transcribed.
+  let cursor = 0;
+  for (const word of segment.words || []) {
+    const at = segment.text.indexOf(word.word, cursor);
+    if (at < 0) continue;
+    if (at > cursor) text.append(segment.text.slice(cursor, at));
+    const span = document.createElement("span");
+    span.className = "word";
+    span.dataset.start = word.start;
+    span.dataset.end = word.end;
+    span.textContent = word.word;
+    text.append(span);
+    cursor = at + word.word.length;
+  }
+  text.append(segment.text.slice(cursor));
+  text.addEventListener("click", (event) => {
+    const word = event.target.closest(".word");
+    seek(Number((word || line).dataset.start));
+  });
+  line.append(time, text);
+  return line;
+}
+
+function attachMedia(blob) {
+  $("media-missing").hidden = true;
+  releaseMedia();
+  const video = blob.type.startsWith("video/");
+  player = document.createElement(video ? "video" : "audio");
+  player.controls = true;
+  player.preload = "metadata";
+  player.setAttribute("aria-label", t("player"));
+  mediaUrl = URL.createObjectURL(blob);
+  player.src = mediaUrl;
+  player.addEventListener("timeupdate", follow);
+  player.addEventListener("seeked", follow);
+  player.addEventListener("play", () => requestAnimationFrame(followWhilePlaying));
+  $("player-box").append(player);
+  if (video && result) addSubtitles(result.job);
+}
+
+async function addSubtitles(job) {
+  try {
+    const vtt = await (await api(`/status/${encodeURIComponent(job.id)}/result?format=vtt`)).blob();
+    if (!player || !result || result.job !== job) return;
+    trackUrl = URL.createObjectURL(new Blob([vtt], { type: "text/vtt" }));
+    const track = document.createElement("track");
+    track.kind = "subtitles";
+    track.label = t("transcript");
+    track.srclang = result.body.language || lang;
+    track.src = trackUrl;
+    track.default = true;
+    player.append(track);
+  } catch (error) {
+    $("result-message").textContent = error.message;
+  }
+}
+
+function seek(seconds) {
+  if (!player) return;
+  player.currentTime = seconds;
+  player.play().catch(() => {});
+}
+
+function followWhilePlaying() {
+  follow();
+  if (player && !player.paused) requestAnimationFrame(followWhilePlaying);
+}
+
+function follow() {
+  if (!player) return;
+  const now = player.currentTime;
+  const inside = (element) => Number(element.dataset.start) <= now && now < Number(element.dataset.end);
+  const segment = [...$("segments").querySelectorAll(".segment")].find(inside) || null;
+  if (segment !== currentSegment) {
+    currentSegment?.classList.remove("current");
+    currentSegment?.removeAttribute("aria-current");
+    segment?.classList.add("current");
+    segment?.setAttribute("aria-current", "true");
+    segment?.scrollIntoView({ block: "nearest" });
+    currentSegment = segment;
+  }
+  const word = segment ? [...segment.querySelectorAll(".word")].find(inside) || null : null;
+  if (word !== currentWord) {
+    currentWord?.classList.remove("current");
+    word?.classList.add("current");
+    currentWord = word;
+  }
+}
+
+async function download(format) {
+  if (!result) return;
+  const { job } = result;
+  try {
+    const response = await api(`/status/${encodeURIComponent(job.id)}/result?format=${format}`);
+    const blob = await response.blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = attachmentName(response.headers.get("Content-Disposition"), `transcription.${format}`);
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  } catch (error) {
+    $("result-message").textContent = error.message;
+  }
+}
+
+async function copyText() {
+  if (!result) return;
+  const text = result.body.transcription;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // Without a secure page there is no clipboard API: copy through a selection instead.
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  $("result-message").textContent = t("copied");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Wiring.
+
+function bind() {
+  $("lang-switch").addEventListener("change", (event) => setLanguage(event.target.value, true));
+  $("key-form").addEventListener("submit", saveKey);
+  $("key-forget").addEventListener("click", forgetKey);
+  $("key-change").addEventListener("click", () => askForKey(false));
+  $("file").addEventListener("change", (event) => choose(event.target.files[0] || null));
+  $("upload-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (upload) upload.abort();
+    else submit(chosen);
+  });
+  $("record").addEventListener("click", toggleRecording);
+  $("copy").addEventListener("click", copyText);
+  for (const button of document.querySelectorAll("[data-format]")) {
+    button.addEventListener("click", () => download(button.dataset.format));
+  }
+  $("media-pick").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) attachMedia(file);
+  });
+  // A file dropped anywhere on the page is taken, rather than opened by the browser in place of the page.
+  const zone = $("drop-zone");
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) zone.classList.remove("over");
+  });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) choose(file);
+  });
+}
+
+async function start() {
+  english = await loadCatalogue("en");
+  bind();
+  await setLanguage(preferredLanguage(), false);
+  pollHealth();
+  loopJobs();
+  const job = jobs.find((j) => j.id === selectedId);
+  if (job && jobState(job) === "completed") showResult(job);
+  document.body.dataset.ready = "true";
+}
+
+start();
