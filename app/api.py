@@ -241,11 +241,17 @@ def job_result(job_id: str) -> Response:
 
 @bp.delete("/status/<job_id>")
 def job_delete(job_id: str) -> Response:
-    """Cancel a queued or running job; delete it once it has finished (so a retried DELETE only cancels)."""
+    """Cancel a queued or running job; delete it once it has finished (so a retried DELETE only cancels), unless
+    cancel_only=true asks only to cancel."""
     runner = current_services().runner
     _visible_job(job_id)
-    if runner.cancel(job_id) is not None or runner.is_running(job_id):
-        # Cancelled now, or cancelled earlier and still stopping: the job stays until its run has ended.
+    raw = (request.args.get("cancel_only") or "").strip()
+    cancel_only = parse_flag(raw) if raw else False
+    if cancel_only is None:
+        raise InvalidOption("cancel_only", f"must be true or false, got {quoted(raw)}")
+    if runner.cancel(job_id) is not None or runner.is_running(job_id) or cancel_only:
+        # Cancelled now, or cancelled earlier and still stopping: the job stays until its run has ended. Asked
+        # only to cancel, a job that has finished is left as it is.
         return jsonify(_job_body(_visible_job(job_id)))
     if runner.delete(job_id):
         return jsonify(shapes.JobDeleted(job_id=job_id).body())

@@ -498,10 +498,23 @@ def _native_operations(settings: Settings) -> list[_Operation]:
             "jobs",
             {
                 "200": {
-                    "description": "Cancelled (the job, now with status cancelled) or deleted.",
+                    "description": "Cancelled (the job, now with status cancelled) or deleted; with cancel_only, "
+                    "a job that had already finished, as it is.",
                     "content": {"application/json": {"schema": {"oneOf": [_ref("Job"), _ref("JobDeleted")]}}},
                 },
-                **_errors(401, 404, 429),
+                **_errors(400, 401, 404, 429),
+            },
+            extra={
+                "parameters": [
+                    {
+                        "name": "cancel_only",
+                        "in": "query",
+                        "description": "true: cancel a queued or running job, but never delete one that has "
+                        "finished (it is answered as it is), so a cancel that crosses the job's end keeps its "
+                        "result.",
+                        "schema": {"type": "boolean", "default": False},
+                    }
+                ]
             },
         ),
     ]

@@ -13,7 +13,8 @@ const KEYS = {
 };
 const LANGUAGES = ["en", "zh-Hant", "ru"];
 const FINAL = new Set(["completed", "failed", "cancelled", "gone"]);
-const POLL_MS = 1000;
+// Jobs are polled gently: a server with a rate limit counts these requests against the user's key.
+const POLL_MS = 2000;
 const HEALTH_MS = 3000;
 // Recordings and uploads are kept in this browser (IndexedDB) so that the player still works after a reload;
 // larger files are not copied, and the page asks for the file again to play it.
@@ -107,10 +108,11 @@ function stamp() {
 // The API: the key rides on every call, and an error body's message is shown as the server wrote it.
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = 0) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -123,7 +125,7 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-async function errorOf(status, text) {
+function errorOf(status, text, retryAfter = 0) {
   let code = `http_${status}`;
   let message = t("error_status", { status });
   try {
@@ -134,8 +136,7 @@ async function errorOf(status, text) {
   } catch {
     // Not JSON (a proxy's page): the status says enough.
   }
-  if (status === 401) askForKey(true);
-  return new ApiError(status, code, message);
+  return new ApiError(status, code, message, retryAfter);
 }
 
 async function api(path, init = {}) {
@@ -145,13 +146,18 @@ async function api(path, init = {}) {
   } catch {
     throw new ApiError(0, "network", t("error_network"));
   }
-  if (!response.ok) throw await errorOf(response.status, await response.text());
+  if (!response.ok) {
+    const error = errorOf(response.status, await response.text(), Number(response.headers.get("Retry-After")) || 0);
+    if (error.status === 401) keyRefused();
+    throw error;
+  }
   return response;
 }
 
 function attachmentName(header, fallback) {
   if (!header) return fallback;
-  const extended = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  // RFC 6266: filename*=UTF-8''<percent-encoded> wins over filename=<token or quoted string>.
+  const extended = /(?:^|;)\s*filename\*\s*=\s*UTF-8''([^;\s]+)/i.exec(header);
   if (extended) {
     try {
       return decodeURIComponent(extended[1]);
@@ -159,8 +165,9 @@ function attachmentName(header, fallback) {
       // A malformed escape: fall back to the plain name.
     }
   }
-  const plain = /filename="?([^";]+)"?/i.exec(header);
-  return plain ? plain[1] : fallback;
+  const plain = /(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/i.exec(header);
+  if (!plain) return fallback;
+  return plain[1] !== undefined ? plain[1].replace(/\\(.)/g, "$1") : plain[2];
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -173,64 +180,87 @@ let defaultsApplied = false;
 async function pollHealth() {
   try {
     const response = await fetch("/health", { cache: "no-store" });
-    health = await response.json();
-    clockSkew = Date.parse(health.timestamp) - Date.now() || 0;
-    applyServerConfig(!defaultsApplied);
-    defaultsApplied = true;
+    const body = await response.json();
+    // A proxy's answer (an error page, another JSON) is as good as no answer.
+    health = response.ok && body && body.model && body.upload ? body : null;
+    if (health) {
+      clockSkew = Date.parse(health.timestamp) - Date.now() || 0;
+      applyServerConfig(!defaultsApplied);
+      defaultsApplied = true;
+    }
   } catch {
     health = null;
+  } finally {
+    setTimeout(pollHealth, HEALTH_MS);
   }
   renderStatus();
   renderJobs();
-  setTimeout(pollHealth, HEALTH_MS);
 }
 
 function serverNow() {
   return Date.now() + clockSkew;
 }
 
+function setText(element, text) {
+  // Unchanged text is left alone, so that a live region speaks only when there is something new.
+  if (element.textContent !== text) element.textContent = text;
+}
+
 function renderStatus() {
   const box = $("server-status");
-  const text = $("server-status-text");
   const problems = $("server-problems");
   if (!health) {
     box.dataset.state = "down";
-    text.textContent = t("status_down");
+    setText($("server-status-text"), t("status_down"));
+    setText($("server-status-detail"), "");
     problems.hidden = true;
     return;
   }
   const model = health.model;
   box.dataset.state = model.state;
-  const parts = [t(`model_${model.state}`)];
+  // The live region holds the state (and a load's error); the figures that change on every poll are beside it.
+  const state = [t(`model_${model.state}`)];
+  if (model.state === "error" && model.error) state.push(model.error);
+  setText($("server-status-text"), state.join(": "));
+  const detail = [];
   if (model.state === "loading" && model.download && model.download.percent != null) {
-    parts.push(t("model_download", { percent: Math.round(model.download.percent) }));
+    detail.push(t("model_download", { percent: Math.round(model.download.percent) }));
   }
-  if (model.state === "error" && model.error) parts.push(model.error);
-  parts.push(t("device", { device: model.device }));
+  // Before the first load the device is the configured choice, which says nothing when it is "auto".
+  if (model.device !== "auto") detail.push(t("device", { device: model.device }));
   if (health.gpu_available) {
-    parts.push(t("gpu_memory", {
+    detail.push(t("gpu_memory", {
       allocated: formatBytes(health.gpu_memory_allocated_gb * 1e9),
       reserved: formatBytes(health.gpu_memory_reserved_gb * 1e9),
     }));
   }
-  text.textContent = parts.join(" · ");
+  setText($("server-status-detail"), detail.map((part) => ` · ${part}`).join(""));
   problems.hidden = health.problems.length === 0;
-  problems.textContent = health.problems.join(" ");
+  setText(problems, health.problems.join(" "));
 }
+
+let languagesShown = "";
 
 function applyServerConfig(withDefaults) {
   const upload = health && health.upload;
   if (!upload) return;
-  $("size-limit").textContent = t("size_limit", { size: formatBytes(upload.max_upload_bytes) });
+  setText($("size-limit"), t("size_limit", { size: formatBytes(upload.max_upload_bytes) }));
   const select = $("opt-language");
-  const chosen = select.value;
-  select.replaceChildren(select.options[0]);
-  const names = Object.entries(upload.languages).map(([code, name]) => [code, languageName(code, name)]);
-  names.sort((a, b) => a[1].localeCompare(b[1], lang));
-  for (const [code, name] of names) select.add(new Option(name, code));
-  select.value = chosen;
+  // Rebuilt only when the list or the page's language changes: a menu rebuilt under the user would close.
+  const shown = `${lang}:${Object.keys(upload.languages).join(",")}`;
+  if (shown !== languagesShown) {
+    languagesShown = shown;
+    const chosen = select.value;
+    select.replaceChildren(select.options[0]);
+    const names = Object.entries(upload.languages).map(([code, name]) => [code, languageName(code, name)]);
+    names.sort((a, b) => a[1].localeCompare(b[1], lang));
+    for (const [code, name] of names) select.add(new Option(name, code));
+    select.value = chosen;
+  }
   $("opt-prompt").hidden = $("opt-prompt-label").hidden = !upload.takes_prompt;
   $("key-change").hidden = !upload.api_key_required;
+  // The API's document needs a key too on such a server: a link answering 401 helps no one.
+  $("api-link").hidden = upload.api_key_required;
   if (withDefaults) {
     const d = upload.defaults;
     $("opt-segment").value = d.segment_duration;
@@ -246,10 +276,22 @@ function applyServerConfig(withDefaults) {
 // ---------------------------------------------------------------------------------------------------------------
 // The API key: asked once, kept in this browser, checked against the server before it is kept.
 
+// Set while the server refuses the key this page has (or it has none): nothing is polled until one is saved.
+let needKey = false;
+
 function askForKey(rejected) {
-  $("key-panel").hidden = false;
-  $("key-message").textContent = t(rejected ? "key_rejected" : "key_needed");
-  $("api-key").focus();
+  const panel = $("key-panel");
+  const opening = panel.hidden;
+  panel.hidden = false;
+  setText($("key-message"), t(rejected && apiKey() ? "key_rejected" : "key_needed"));
+  // Focus moves to the field once, when the panel opens, never again while the user is elsewhere.
+  if (opening) $("api-key").focus();
+}
+
+function keyRefused() {
+  if (needKey) return;
+  needKey = true;
+  askForKey(true);
 }
 
 async function saveKey(event) {
@@ -274,21 +316,24 @@ async function saveKey(event) {
     return;
   }
   if (!response.ok) {
-    error.textContent = (await errorOf(response.status, await response.text())).message;
+    error.textContent = errorOf(response.status, await response.text()).message;
     return;
   }
   localStorage.setItem(KEYS.apiKey, key);
   $("api-key").value = "";
   $("key-panel").hidden = true;
   $("upload-message").textContent = "";
+  needKey = false;
+  // The polls that follow show the chosen job's result again, if this key sees it.
+  hideResult();
+  recheckJobs();
   pollJobs();
-  const job = jobs.find((j) => j.id === selectedId);
-  if (job && job.last && job.last.status === "completed") showResult(job);
 }
 
 function forgetKey() {
   localStorage.removeItem(KEYS.apiKey);
   $("api-key").value = "";
+  needKey = Boolean(health && health.upload && health.upload.api_key_required);
   askForKey(false);
 }
 
@@ -324,6 +369,9 @@ const media = {
   remove(id) {
     return this.run("readwrite", (store) => store.delete(id));
   },
+  keys() {
+    return this.run("readonly", (store) => store.getAllKeys());
+  },
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -331,6 +379,8 @@ const media = {
 
 let jobs = loadJobs();
 let selectedId = localStorage.getItem(KEYS.selected);
+// Jobs this tab deleted: another tab's copy of the list must not bring them back.
+const removedIds = new Set();
 
 function loadJobs() {
   try {
@@ -341,12 +391,33 @@ function loadJobs() {
   }
 }
 
+function mergeStoredJobs() {
+  // Other tabs of this page share the list: take in the jobs they added before writing it back.
+  const known = new Set(jobs.map((j) => j.id));
+  for (const stored of loadJobs()) {
+    if (!known.has(stored.id) && !removedIds.has(stored.id)) jobs.push(stored);
+  }
+  jobs.sort((a, b) => (b.submitted || 0) - (a.submitted || 0));
+}
+
 function saveJobs() {
+  mergeStoredJobs();
   localStorage.setItem(KEYS.jobs, JSON.stringify(jobs));
 }
 
 function jobState(job) {
+  if (job.gone) return "gone";
   return job.last ? job.last.status : "queued";
+}
+
+function recheckJobs() {
+  // Another key sees other jobs: a job of another key answers 404 like a deleted one, and one that was gone
+  // may be there again. Every job is asked about once more.
+  for (const job of jobs) {
+    job.gone = false;
+    job.recheck = true;
+  }
+  saveJobs();
 }
 
 function keepStatus(job, body) {
@@ -357,22 +428,40 @@ function keepStatus(job, body) {
 }
 
 let polling = false;
+let pausedUntil = 0;
+let queuedTurn = 0;
+
+function jobsToPoll() {
+  // Each round: the running jobs, those to check again, and one of the queued ones in turn (a long queue moves
+  // slowly, and its places change only as the running jobs end).
+  const running = jobs.filter((j) => j.recheck || (!FINAL.has(jobState(j)) && jobState(j) !== "queued"));
+  const queued = jobs.filter((j) => !j.recheck && jobState(j) === "queued");
+  if (queued.length) running.push(queued[queuedTurn++ % queued.length]);
+  return running;
+}
 
 async function pollJobs() {
-  if (polling) return;
+  if (polling || needKey || document.hidden || Date.now() < pausedUntil) return;
   polling = true;
   try {
-    for (const job of jobs.filter((j) => !FINAL.has(jobState(j)))) {
+    for (const job of jobsToPoll()) {
       try {
         const body = await (await api(`/status/${encodeURIComponent(job.id)}`)).json();
-        const wasDone = jobState(job) === "completed";
+        job.recheck = false;
         keepStatus(job, body);
-        if (!wasDone && body.status === "completed" && job.id === selectedId) showResult(job);
+        const shown = result && result.job === job;
+        if (body.status === "completed" && job.id === selectedId && !shown) showResult(job);
       } catch (error) {
         if (error.status === 404) {
-          job.last = { ...(job.last || {}), status: "gone" };
+          job.gone = true;
+          job.recheck = false;
           saveJobs();
+          if (job.id === selectedId) hideResult();
         } else if (error.status === 401) {
+          break;
+        } else if (error.status === 429) {
+          // Over the server's rate limit: wait as long as it says before asking again.
+          pausedUntil = Date.now() + 1000 * Math.max(error.retryAfter, 5);
           break;
         }
       }
@@ -410,15 +499,19 @@ function select(job) {
 
 async function cancelJob(job) {
   try {
-    keepStatus(job, await (await api(`/status/${encodeURIComponent(job.id)}`, { method: "DELETE" })).json());
+    // cancel_only: a job that finished a moment ago keeps its result rather than being deleted.
+    const path = `/status/${encodeURIComponent(job.id)}?cancel_only=true`;
+    keepStatus(job, await (await api(path, { method: "DELETE" })).json());
   } catch (error) {
-    if (error.status === 404) job.last = { ...(job.last || {}), status: "gone" };
+    if (error.status === 404) job.gone = true;
     else flash(error.message);
   }
   renderJobs();
 }
 
 async function deleteJob(job) {
+  // A transcript deleted on the server cannot be had back: ask first.
+  if (jobState(job) === "completed" && !window.confirm(t("delete_confirm", { name: job.name }))) return;
   if (jobState(job) !== "gone") {
     try {
       const body = await (await api(`/status/${encodeURIComponent(job.id)}`, { method: "DELETE" })).json();
@@ -435,6 +528,7 @@ async function deleteJob(job) {
     }
   }
   jobs = jobs.filter((j) => j.id !== job.id);
+  removedIds.add(job.id);
   saveJobs();
   media.remove(job.id).catch(() => {});
   if (selectedId === job.id) hideResult();
@@ -599,6 +693,11 @@ function setUploadProgress(loaded, total, started) {
 function submit(file) {
   const message = $("upload-message");
   message.textContent = "";
+  if (upload) {
+    // One upload at a time: its progress bar and its cancel button belong to it.
+    message.textContent = t("upload_busy");
+    return;
+  }
   if (!file) {
     message.textContent = t("choose_file");
     $("file").focus();
@@ -624,7 +723,7 @@ function submit(file) {
   xhr.open("POST", "/transcribe/async");
   for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
   xhr.upload.addEventListener("progress", (event) => setUploadProgress(event.loaded, event.total, started));
-  xhr.addEventListener("load", async () => {
+  xhr.addEventListener("load", () => {
     endUpload();
     if (xhr.status === 202) {
       const body = JSON.parse(xhr.responseText);
@@ -633,7 +732,8 @@ function submit(file) {
       $("file").value = "";
       return;
     }
-    message.textContent = (await errorOf(xhr.status, xhr.responseText)).message;
+    if (xhr.status === 401) keyRefused();
+    message.textContent = errorOf(xhr.status, xhr.responseText).message;
   });
   xhr.addEventListener("error", () => {
     endUpload();
@@ -660,6 +760,8 @@ function endUpload() {
 
 let recorder = null;
 let recordTimer = null;
+// While the browser asks for the microphone: a second click must not start a second recorder.
+let recordStarting = false;
 
 async function toggleRecording() {
   const message = $("upload-message");
@@ -667,6 +769,7 @@ async function toggleRecording() {
     recorder.stop();
     return;
   }
+  if (recordStarting) return;
   message.textContent = "";
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.MediaRecorder) {
     // Browsers offer the microphone only to secure pages (https, or this machine itself).
@@ -674,11 +777,14 @@ async function toggleRecording() {
     return;
   }
   let stream;
+  recordStarting = true;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true });
   } catch (error) {
     message.textContent = t("mic_denied", { reason: error.message || error.name });
     return;
+  } finally {
+    recordStarting = false;
   }
   const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/mp4"].find((m) => MediaRecorder.isTypeSupported(m));
   const active = new MediaRecorder(stream, type ? { mimeType: type } : {});
@@ -755,6 +861,8 @@ async function showResult(job) {
   } catch {
     blob = null;
   }
+  // Another job may have been chosen meanwhile: its own showResult attaches its own file.
+  if (!result || result.job !== job) return;
   if (blob) attachMedia(blob);
   else $("media-missing").hidden = false;
 }
@@ -836,6 +944,8 @@ async function addSubtitles(job) {
   try {
     const vtt = await (await api(`/status/${encodeURIComponent(job.id)}/result?format=vtt`)).blob();
     if (!player || !result || result.job !== job) return;
+    if (trackUrl) URL.revokeObjectURL(trackUrl);
+    player.querySelectorAll("track").forEach((old) => old.remove());
     trackUrl = URL.createObjectURL(new Blob([vtt], { type: "text/vtt" }));
     const track = document.createElement("track");
     track.kind = "subtitles";
@@ -870,7 +980,7 @@ function follow() {
     currentSegment?.removeAttribute("aria-current");
     segment?.classList.add("current");
     segment?.setAttribute("aria-current", "true");
-    segment?.scrollIntoView({ block: "nearest" });
+    if (segment) keepInView(segment);
     currentSegment = segment;
   }
   const word = segment ? [...segment.querySelectorAll(".word")].find(inside) || null : null;
@@ -878,6 +988,15 @@ function follow() {
     currentWord?.classList.remove("current");
     word?.classList.add("current");
     currentWord = word;
+  }
+}
+
+function keepInView(segment) {
+  // Only the transcript's own box scrolls: moving the page would take the player out of sight on a phone.
+  const box = $("segments");
+  const top = segment.offsetTop;
+  if (top < box.scrollTop || top + segment.offsetHeight > box.scrollTop + box.clientHeight) {
+    box.scrollTop = top - box.clientHeight / 3;
   }
 }
 
@@ -956,12 +1075,30 @@ function bind() {
   });
 }
 
+async function pruneMedia() {
+  // Files of jobs that left the list (deleted in another tab, or before a crash) are not kept.
+  try {
+    const listed = new Set(loadJobs().map((j) => j.id));
+    for (const id of await media.keys()) if (!listed.has(id)) await media.remove(id);
+  } catch {
+    // No IndexedDB (a private window): nothing is kept anyway.
+  }
+}
+
 async function start() {
   english = await loadCatalogue("en");
   bind();
+  window.addEventListener("storage", (event) => {
+    if (event.key === KEYS.jobs) {
+      mergeStoredJobs();
+      renderJobs();
+    }
+  });
+  document.addEventListener("visibilitychange", () => document.hidden || pollJobs());
   await setLanguage(preferredLanguage(), false);
   pollHealth();
   loopJobs();
+  pruneMedia();
   const job = jobs.find((j) => j.id === selectedId);
   if (job && jobState(job) === "completed") showResult(job);
   document.body.dataset.ready = "true";

@@ -8,6 +8,7 @@ localStorage and IndexedDB), so tests do not see each other's jobs.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -30,6 +31,8 @@ pytestmark = pytest.mark.e2e
 import playwright.sync_api as playwright_api  # noqa: E402
 
 KEY = "page-test-key"
+# A second client's key: it sees none of the first one's jobs.
+OTHER_KEY = "page-test-other-key"
 # Small enough that a generated file can exceed it, large enough for every recording the tests upload.
 MAX_UPLOAD = 6_000_000
 STORE_KEY = "qwen-asr.api-key"
@@ -51,7 +54,16 @@ def web_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A keyed server with short generations, one segment per generate call (so a job's progress moves in
     steps a test can watch) and a small upload limit."""
     data = tmp_path_factory.mktemp("web") / "data"
-    args = ["--api-key", KEY, "--max-new-tokens", "24", "--batch-size", "1", "--max-upload-size", str(MAX_UPLOAD)]
+    args = [
+        "--api-key",
+        f"{KEY},{OTHER_KEY}",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "1",
+        "--max-upload-size",
+        str(MAX_UPLOAD),
+    ]
     srv = Server(tiny_checkpoint, data, args).start()
     yield srv
     srv.stop()
@@ -111,6 +123,9 @@ class Page:
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
         self.page.on("pageerror", lambda e: self.problems.append(str(e)))
+        # Questions the page asks (deleting a transcript), answered yes and kept for the test to read.
+        self.dialogs: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.accept()))
         self.server = server
 
     def open(self) -> Any:
@@ -119,11 +134,11 @@ class Page:
         self.page.wait_for_selector("body[data-ready=true]")
         return self.page
 
-    def close(self) -> None:
-        """Close the context; the page must have logged no error and broken no policy."""
+    def close(self, *expected: str) -> None:
+        """Close the context; the page must have logged no error and broken no policy. `expected` names the
+        statuses a test provoked on purpose (a wrong key's 401), which Chromium logs as failed resources."""
         self.context.close()
-        # A 401 the page provoked on purpose (a wrong key) is logged by Chromium as a failed resource.
-        unexpected = [p for p in self.problems if "401" not in p]
+        unexpected = [p for p in self.problems if not any(f"status of {status}" in p for status in expected)]
         assert not unexpected, unexpected
 
     def job(self, name: str) -> Any:
@@ -179,9 +194,12 @@ def test_upload_progress_transcript_player_and_downloads(
     browser: Any, web_server: Server, shots: Path, tmp_path: Path
 ) -> None:
     """The main path, on a throttled connection so that the upload's progress can be watched."""
-    view = Page(browser, web_server)
+    view = Page(browser, web_server, permissions=["clipboard-read", "clipboard-write"])
     page = view.open()
     assert page.get_by_role("list", name="Jobs").count() == 1
+    status = page.locator("#server-status")
+    shown = r"Model not loaded \(it loads on first use\)|Model loaded · device cpu"
+    wait_for(lambda: re.fullmatch(shown, status.inner_text().strip()), 10, "the model's status")
     page.get_by_text("Options").click()
     assert page.get_by_label("Segment length (seconds)").input_value() in ("60", "60.0")
     assert page.get_by_label("Skip silence and music (speech detection)").is_checked()
@@ -248,12 +266,24 @@ def test_upload_progress_transcript_player_and_downloads(
     vtt_path.write_text(downloaded["VTT"], encoding="utf-8")
     assert webvtt.read(str(vtt_path)).captions is not None
 
+    page.get_by_role("button", name="Copy text").click()
+    page.get_by_text("The text was copied.").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == result["transcription"]
+
     # A reload keeps the job, shows its result again, and plays the file kept in this browser.
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     view.job("jfk.flac").wait_for()
     transcript.locator(".segment").first.wait_for()
     page.locator("#player-box audio").wait_for()
+
+    # Deleting a transcript asks first, then removes it here and on the server.
+    page.get_by_role("button", name="Delete jfk.flac").click()
+    wait_for(lambda: view.job("jfk.flac").count() == 0, 10, "the job to leave the list")
+    assert view.dialogs and "jfk.flac" in view.dialogs[0]
+    gone = requests.get(f"{web_server.url}/status/{job_id}", headers={"X-API-Key": KEY}, timeout=10)
+    assert gone.status_code == 404
+    assert page.get_by_role("region", name="Transcript", exact=True).count() == 0
     view.close()
 
 
@@ -296,12 +326,52 @@ def test_cancel_a_running_job_then_delete_it(browser: Any, web_server: Server, t
     view.close()
 
 
+def test_a_dropped_video_plays_with_its_subtitles(browser: Any, web_server: Server, tmp_path: Path) -> None:
+    """A WebM video dropped on the page: transcribed, played in a video element whose subtitle track is the
+    job's VTT (a blob: URL the policy allows), with the VTT's cues."""
+    video = tmp_path / "clip.webm"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "color=c=navy:s=320x240:d=6", "-i", str(JFK),
+         "-t", "6", "-c:v", "libvpx", "-b:v", "50k", "-c:a", "libopus", str(video)],
+        check=True,
+    )  # fmt: skip
+    view = Page(browser, web_server)
+    page = view.open()
+    dropped = page.evaluate_handle(
+        """([name, base64]) => {
+          const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], name, {type: "video/webm"}));
+          return transfer;
+        }""",
+        ["clip.webm", base64.b64encode(video.read_bytes()).decode()],
+    )
+    page.dispatch_event("#jobs-panel", "drop", {"dataTransfer": dropped})
+    assert "clip.webm" in (page.locator("#file-info").text_content() or "")
+    page.get_by_role("button", name="Transcribe").click()
+    view.wait_state("clip.webm", "Completed")
+    player = page.locator("#player-box video")
+    player.wait_for()
+    job_id = stored_jobs(page)[0]["id"]
+    cues = fetch_result(web_server, job_id, "vtt").text.count(" --> ")
+    assert cues >= 1
+    wait_for(
+        lambda: player.evaluate("v => v.textTracks[0] && v.textTracks[0].cues && v.textTracks[0].cues.length") == cues,
+        20,
+        "the subtitle cues",
+    )
+    assert player.evaluate("v => v.textTracks[0].mode") == "showing"
+    view.close()
+
+
 def test_api_key_is_asked_once_and_a_wrong_one_is_refused(browser: Any, web_server: Server) -> None:
-    """No key stored: the page asks; a wrong key is refused with a message; the right one is kept."""
+    """No key stored: the page asks; a wrong key is refused with a message; the right one is kept. Another
+    client's key does not see this key's job, and the job is back when the key is."""
     view = Page(browser, web_server, key=None)
     page = view.open()
     key_input = page.get_by_label("API key", exact=True)
     key_input.wait_for()
+    assert page.evaluate("document.activeElement.id") == "api-key"
     key_input.fill("not-the-key")
     page.get_by_role("button", name="Save key").click()
     page.get_by_text("This key was not accepted by the server.").wait_for()
@@ -312,9 +382,19 @@ def test_api_key_is_asked_once_and_a_wrong_one_is_refused(browser: Any, web_serv
     assert page.evaluate(f"localStorage.getItem('{STORE_KEY}')") == KEY
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
-    time.sleep(0.5)
+    page.get_by_label("Audio or video file").set_input_files(str(JFK))
+    page.get_by_role("button", name="Transcribe").click()
+    view.wait_state("jfk.flac", "Completed")
     assert not key_input.is_visible()
-    view.close()
+
+    for key, state in ((OTHER_KEY, "Gone"), (KEY, "Completed")):
+        page.get_by_role("button", name="Change API key").click()
+        key_input.fill(key)
+        page.get_by_role("button", name="Save key").click()
+        key_input.wait_for(state="hidden")
+        view.wait_state("jfk.flac", state, 20)
+    # The wrong key's 401, and the other key's 404 for the job it cannot see.
+    view.close("401", "404")
 
 
 def test_a_file_over_the_limit_is_refused_before_it_is_sent(browser: Any, web_server: Server, tmp_path: Path) -> None:

@@ -165,3 +165,28 @@ def test_a_queued_job_shows_its_place_in_the_queue(app: Flask) -> None:
     assert [client.get(f"/status/{job_id}").get_json()["queue_position"] for job_id in ids] == [1, 2, 3]
     assert client.delete(f"/status/{ids[0]}").get_json()["queue_position"] is None
     assert [client.get(f"/status/{job_id}").get_json()["queue_position"] for job_id in ids[1:]] == [1, 2]
+
+
+def test_cancel_only_never_deletes_a_finished_job(app: Flask) -> None:
+    """?cancel_only=true cancels a queued job, leaves a completed one as it is (the plain DELETE deletes it),
+    and anything but a flag is a 400 naming the field."""
+    services = app.extensions["asr"]
+    services.runner.stop(timeout=5)
+    client = app.test_client()
+    ids = []
+    for _ in range(2):
+        with open(AISHELL, "rb") as f:
+            ids.append(client.post("/transcribe/async", data={"file": (f, "a.wav")}).get_json()["job_id"])
+    cancelled = client.delete(f"/status/{ids[0]}?cancel_only=true")
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    claimed = services.jobs.claim_next()
+    assert claimed is not None and claimed.id == ids[1]
+    result = {"transcription": "", "duration": 1.0, "language": None, "segments": []}
+    assert services.jobs.complete(ids[1], result, "out.txt")
+    for _ in range(2):
+        kept = client.delete(f"/status/{ids[1]}?cancel_only=true")
+        assert kept.status_code == 200 and kept.get_json()["status"] == "completed"
+    refused = client.delete(f"/status/{ids[1]}?cancel_only=maybe")
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_option"
+    assert "cancel_only" in refused.get_json()["error"]["message"]
+    assert client.delete(f"/status/{ids[1]}").get_json()["status"] == "deleted"
