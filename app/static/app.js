@@ -10,6 +10,7 @@ const KEYS = {
   apiKey: `${STORE}.api-key`,
   lang: `${STORE}.lang`,
   selected: `${STORE}.selected`,
+  removed: `${STORE}.removed`,
 };
 const LANGUAGES = ["en", "zh-Hant", "ru"];
 const FINAL = new Set(["completed", "failed", "cancelled", "gone"]);
@@ -140,6 +141,7 @@ function errorOf(status, text, retryAfter = 0) {
 }
 
 async function api(path, init = {}) {
+  const sent = apiKey();
   let response;
   try {
     response = await fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
@@ -148,7 +150,8 @@ async function api(path, init = {}) {
   }
   if (!response.ok) {
     const error = errorOf(response.status, await response.text(), Number(response.headers.get("Retry-After")) || 0);
-    if (error.status === 401) keyRefused();
+    // A refusal of a key that has since been replaced says nothing about the new one.
+    if (error.status === 401 && sent === apiKey()) keyRefused();
     throw error;
   }
   return response;
@@ -259,6 +262,11 @@ function applyServerConfig(withDefaults) {
   }
   $("opt-prompt").hidden = $("opt-prompt-label").hidden = !upload.takes_prompt;
   $("key-change").hidden = !upload.api_key_required;
+  if (!upload.api_key_required && needKey) {
+    // The server no longer asks for a key (restarted without one): nothing to wait for.
+    needKey = false;
+    $("key-panel").hidden = true;
+  }
   // The API's document needs a key too on such a server: a link answering 401 helps no one.
   $("api-link").hidden = upload.api_key_required;
   if (withDefaults) {
@@ -278,6 +286,18 @@ function applyServerConfig(withDefaults) {
 
 // Set while the server refuses the key this page has (or it has none): nothing is polled until one is saved.
 let needKey = false;
+// Counts key changes: answers to requests sent with an earlier key are not applied.
+let keyGeneration = 0;
+
+function keyChanged() {
+  keyGeneration += 1;
+  needKey = false;
+  $("key-panel").hidden = true;
+  // The polls that follow show the chosen job's result again, if this key sees it.
+  hideResult();
+  recheckJobs();
+  pollJobs();
+}
 
 function askForKey(rejected) {
   const panel = $("key-panel");
@@ -321,18 +341,14 @@ async function saveKey(event) {
   }
   localStorage.setItem(KEYS.apiKey, key);
   $("api-key").value = "";
-  $("key-panel").hidden = true;
   $("upload-message").textContent = "";
-  needKey = false;
-  // The polls that follow show the chosen job's result again, if this key sees it.
-  hideResult();
-  recheckJobs();
-  pollJobs();
+  keyChanged();
 }
 
 function forgetKey() {
   localStorage.removeItem(KEYS.apiKey);
   $("api-key").value = "";
+  keyGeneration += 1;
   needKey = Boolean(health && health.upload && health.upload.api_key_required);
   askForKey(false);
 }
@@ -391,18 +407,39 @@ function loadJobs() {
   }
 }
 
-function mergeStoredJobs() {
-  // Other tabs of this page share the list: take in the jobs they added before writing it back.
-  const known = new Set(jobs.map((j) => j.id));
-  for (const stored of loadJobs()) {
-    if (!known.has(stored.id) && !removedIds.has(stored.id)) jobs.push(stored);
+function loadRemoved() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(KEYS.removed) || "[]");
+    return new Set(Array.isArray(stored) ? stored : []);
+  } catch {
+    return new Set();
   }
+}
+
+function mergeStoredJobs() {
+  // Other tabs of this page share the list: take in the jobs they added and their newer news of a job, and
+  // drop the jobs any tab deleted, before writing the list back.
+  for (const id of loadRemoved()) removedIds.add(id);
+  const mine = new Map(jobs.map((j) => [j.id, j]));
+  for (const stored of loadJobs()) {
+    const known = mine.get(stored.id);
+    if (!known) jobs.push(stored);
+    else if ((stored.updated || 0) > (known.updated || 0)) Object.assign(known, stored);
+  }
+  jobs = jobs.filter((j) => !removedIds.has(j.id));
   jobs.sort((a, b) => (b.submitted || 0) - (a.submitted || 0));
 }
 
 function saveJobs() {
   mergeStoredJobs();
   localStorage.setItem(KEYS.jobs, JSON.stringify(jobs));
+  // The most recent deletions are enough to keep a stale tab from bringing them back.
+  localStorage.setItem(KEYS.removed, JSON.stringify([...removedIds].slice(-500)));
+}
+
+function touch(job) {
+  job.updated = Date.now();
+  saveJobs();
 }
 
 function jobState(job) {
@@ -413,9 +450,11 @@ function jobState(job) {
 function recheckJobs() {
   // Another key sees other jobs: a job of another key answers 404 like a deleted one, and one that was gone
   // may be there again. Every job is asked about once more.
+  const now = Date.now();
   for (const job of jobs) {
     job.gone = false;
     job.recheck = true;
+    job.updated = now;
   }
   saveJobs();
 }
@@ -424,7 +463,7 @@ function keepStatus(job, body) {
   // The transcript itself is fetched when shown: only the status is kept, so that storage stays small.
   const { transcription, segments, ...status } = body;
   job.last = status;
-  saveJobs();
+  touch(job);
 }
 
 let polling = false;
@@ -443,19 +482,22 @@ function jobsToPoll() {
 async function pollJobs() {
   if (polling || needKey || document.hidden || Date.now() < pausedUntil) return;
   polling = true;
+  const generation = keyGeneration;
   try {
     for (const job of jobsToPoll()) {
       try {
         const body = await (await api(`/status/${encodeURIComponent(job.id)}`)).json();
+        if (generation !== keyGeneration) break;
         job.recheck = false;
         keepStatus(job, body);
         const shown = result && result.job === job;
         if (body.status === "completed" && job.id === selectedId && !shown) showResult(job);
       } catch (error) {
+        if (generation !== keyGeneration) break;
         if (error.status === 404) {
           job.gone = true;
           job.recheck = false;
-          saveJobs();
+          touch(job);
           if (job.id === selectedId) hideResult();
         } else if (error.status === 401) {
           break;
@@ -501,10 +543,18 @@ async function cancelJob(job) {
   try {
     // cancel_only: a job that finished a moment ago keeps its result rather than being deleted.
     const path = `/status/${encodeURIComponent(job.id)}?cancel_only=true`;
-    keepStatus(job, await (await api(path, { method: "DELETE" })).json());
+    const body = await (await api(path, { method: "DELETE" })).json();
+    keepStatus(job, body);
+    // It finished before the cancel arrived: its result is there to show.
+    if (body.status === "completed" && job.id === selectedId) showResult(job);
   } catch (error) {
-    if (error.status === 404) job.gone = true;
-    else flash(error.message);
+    if (error.status === 404) {
+      job.gone = true;
+      touch(job);
+      if (job.id === selectedId) hideResult();
+    } else {
+      flash(error.message);
+    }
   }
   renderJobs();
 }
@@ -823,7 +873,12 @@ let trackUrl = null;
 let currentSegment = null;
 let currentWord = null;
 
+// Counts the results shown and hidden: a result that arrives after another was asked for (or the panel was
+// hidden) is dropped.
+let resultToken = 0;
+
 function hideResult() {
+  resultToken += 1;
   $("result-panel").hidden = true;
   result = null;
   releaseMedia();
@@ -838,7 +893,9 @@ function releaseMedia() {
 }
 
 async function showResult(job) {
+  const token = ++resultToken;
   const panel = $("result-panel");
+  result = null;
   panel.hidden = false;
   $("result-heading").textContent = job.name;
   $("result-message").textContent = "";
@@ -849,10 +906,10 @@ async function showResult(job) {
     const response = await api(`/status/${encodeURIComponent(job.id)}/result?format=json&word_timestamps=true`);
     body = await response.json();
   } catch (error) {
-    $("result-message").textContent = error.message;
+    if (token === resultToken) $("result-message").textContent = error.message;
     return;
   }
-  if (selectedId !== job.id) return;
+  if (token !== resultToken) return;
   result = { job, body };
   renderResultText();
   let blob = null;
@@ -862,7 +919,7 @@ async function showResult(job) {
     blob = null;
   }
   // Another job may have been chosen meanwhile: its own showResult attaches its own file.
-  if (!result || result.job !== job) return;
+  if (token !== resultToken) return;
   if (blob) attachMedia(blob);
   else $("media-missing").hidden = false;
 }
@@ -1089,9 +1146,13 @@ async function start() {
   english = await loadCatalogue("en");
   bind();
   window.addEventListener("storage", (event) => {
-    if (event.key === KEYS.jobs) {
+    if (event.key === KEYS.jobs || event.key === KEYS.removed) {
       mergeStoredJobs();
       renderJobs();
+    } else if (event.key === KEYS.apiKey) {
+      // Another tab saved or forgot the key: this one follows.
+      if (apiKey()) keyChanged();
+      else forgetKey();
     }
   });
   document.addEventListener("visibilitychange", () => document.hidden || pollJobs());

@@ -364,6 +364,33 @@ def test_a_dropped_video_plays_with_its_subtitles(browser: Any, web_server: Serv
     view.close()
 
 
+def test_two_tabs_share_one_list(browser: Any, web_server: Server) -> None:
+    """Two tabs of the page: a job submitted in one appears in the other; deleted in the other, it stays
+    deleted in the first, whose own writes do not bring it back."""
+    view = Page(browser, web_server)
+    first = view.open()
+    second = view.context.new_page()
+    second.goto(web_server.url + "/")
+    second.wait_for_selector("body[data-ready=true]")
+    first.get_by_label("Audio or video file").set_input_files(str(JFK))
+    first.get_by_role("button", name="Transcribe").click()
+    view.wait_state("jfk.flac", "Completed")
+    in_second = second.get_by_role("list", name="Jobs").get_by_role("listitem")
+    wait_for(lambda: in_second.count() == 1, 10, "the job in the second tab")
+    second.on("dialog", lambda d: d.accept())
+    in_second.get_by_role("button", name="Delete jfk.flac").click()
+    wait_for(lambda: view.job("jfk.flac").count() == 0, 10, "the job to leave the first tab")
+    # The first tab writes its list (a new upload), and the deleted job stays deleted.
+    first.get_by_label("Audio or video file").set_input_files(
+        {"name": "second.flac", "mimeType": "audio/flac", "buffer": JFK.read_bytes()}
+    )
+    first.get_by_role("button", name="Transcribe").click()
+    view.wait_state("second.flac", "Completed")
+    assert [job["name"] for job in stored_jobs(first)] == ["second.flac"]
+    wait_for(lambda: in_second.count() == 1, 10, "the second job in the second tab")
+    view.close()
+
+
 def test_api_key_is_asked_once_and_a_wrong_one_is_refused(browser: Any, web_server: Server) -> None:
     """No key stored: the page asks; a wrong key is refused with a message; the right one is kept. Another
     client's key does not see this key's job, and the job is back when the key is."""
