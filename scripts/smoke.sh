@@ -50,7 +50,11 @@ if [ -z "$SERVE" ]; then
 fi
 
 echo "== building the tiny checkpoint"
-"$PY" serve/make_tiny_checkpoint.py "$WORK/tiny" >/dev/null
+# Its log (library warnings about the random weights' config) is shown only if the build fails.
+if ! "$PY" serve/make_tiny_checkpoint.py "$WORK/tiny" >"$WORK/build.log" 2>&1; then
+    cat "$WORK/build.log" >&2
+    exit 1
+fi
 echo "== starting the service on 127.0.0.1:$PORT (log: $WORK/server.log, kept until the end)"
 "$PY" serve/qwen2_5_omni_awq.py --checkpoint-path "$WORK/tiny" --local-model --port "$PORT" \
     --data-dir "$WORK/data" --idle-timeout 5 >"$WORK/server.log" 2>&1 &

@@ -67,6 +67,8 @@ async function setLanguage(code, remember) {
   renderStatus();
   renderJobs();
   renderResultText();
+  showChosen();
+  if (player) player.setAttribute("aria-label", t("player"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -80,11 +82,15 @@ function formatBytes(bytes) {
     value /= 1000;
     unit += 1;
   }
-  return new Intl.NumberFormat(lang, { style: "unit", unit: units[unit], maximumFractionDigits: 1 }).format(value);
+  // Bytes in words ("24 bytes"), the rest as symbols; a no-break space keeps a figure and its unit on one line.
+  const display = unit === 0 ? "long" : "short";
+  const format = new Intl.NumberFormat(lang, { style: "unit", unit: units[unit], unitDisplay: display, maximumFractionDigits: 1 });
+  return format.format(value).replace(/ /g, "\u00a0");
 }
 
 function formatClock(seconds) {
-  const total = Math.max(0, Math.round(seconds));
+  // Floored, as a player's clock is: a line starting at 4.8 s starts in second 0:04.
+  const total = Math.max(0, Math.floor(seconds));
   const h = Math.floor(total / 3600);
   const m = Math.floor((total % 3600) / 60);
   const s = String(total % 60).padStart(2, "0");
@@ -93,10 +99,16 @@ function formatClock(seconds) {
 
 function languageName(code, english) {
   try {
-    return new Intl.DisplayNames([lang], { type: "language" }).of(code) || english;
+    const name = new Intl.DisplayNames([lang], { type: "language" }).of(code) || english;
+    // Some languages write their names in lower case; a list item starts with a capital.
+    return name.charAt(0).toLocaleUpperCase(lang) + name.slice(1);
   } catch {
     return english;
   }
+}
+
+function formatTime(epochMs) {
+  return new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(epochMs);
 }
 
 function stamp() {
@@ -134,6 +146,8 @@ function errorOf(status, text, retryAfter = 0) {
     const detail = JSON.parse(text).error || {};
     code = detail.code || code;
     message = detail.message || message;
+    // The common refusals in the page's language, with the server's own words after them.
+    if (english[`error_${code}`]) message = `${t(`error_${code}`)} (${message})`;
   } catch {
     // Not JSON (a proxy's page): the status says enough.
   }
@@ -181,6 +195,11 @@ let clockSkew = 0;
 let defaultsApplied = false;
 
 async function pollHealth() {
+  await refreshHealth();
+  setTimeout(pollHealth, HEALTH_MS);
+}
+
+async function refreshHealth() {
   try {
     const response = await fetch("/health", { cache: "no-store" });
     const body = await response.json();
@@ -193,8 +212,6 @@ async function pollHealth() {
     }
   } catch {
     health = null;
-  } finally {
-    setTimeout(pollHealth, HEALTH_MS);
   }
   renderStatus();
   renderJobs();
@@ -237,7 +254,8 @@ function renderStatus() {
       reserved: formatBytes(health.gpu_memory_reserved_gb * 1e9),
     }));
   }
-  setText($("server-status-detail"), detail.map((part) => ` · ${part}`).join(""));
+  // A no-break space before each separator: a wrapped line never starts with one.
+  setText($("server-status-detail"), detail.map((part) => `\u00a0· ${part}`).join(""));
   problems.hidden = health.problems.length === 0;
   setText(problems, health.problems.join(" "));
 }
@@ -432,9 +450,13 @@ function mergeStoredJobs() {
 
 function saveJobs() {
   mergeStoredJobs();
-  localStorage.setItem(KEYS.jobs, JSON.stringify(jobs));
-  // The most recent deletions are enough to keep a stale tab from bringing them back.
-  localStorage.setItem(KEYS.removed, JSON.stringify([...removedIds].slice(-500)));
+  try {
+    localStorage.setItem(KEYS.jobs, JSON.stringify(jobs));
+    // The most recent deletions are enough to keep a stale tab from bringing them back.
+    localStorage.setItem(KEYS.removed, JSON.stringify([...removedIds].slice(-500)));
+  } catch {
+    // Storage full or refused (some private windows): the list lives on in this tab, as the page shows it.
+  }
 }
 
 function touch(job) {
@@ -489,6 +511,8 @@ async function pollJobs() {
         const body = await (await api(`/status/${encodeURIComponent(job.id)}`)).json();
         if (generation !== keyGeneration) break;
         job.recheck = false;
+        // A job that starts or finishes changes the model's state: the status line follows at once.
+        if (job.last && job.last.status !== body.status) refreshHealth();
         keepStatus(job, body);
         const shown = result && result.job === job;
         if (body.status === "completed" && job.id === selectedId && !shown) showResult(job);
@@ -592,7 +616,7 @@ function flash(message) {
 function jobDetail(job) {
   const last = job.last;
   const state = jobState(job);
-  if (!last) return t("job_submitted");
+  if (!last) return "";
   const started = last.started_at ? Date.parse(last.started_at) : null;
   const finished = last.completed_at ? Date.parse(last.completed_at) : null;
   const { segments_done: done, segments_total: total } = last.progress || { segments_done: 0, segments_total: 0 };
@@ -617,6 +641,8 @@ function jobDetail(job) {
     }
     case "gone":
       return t("job_gone");
+    case "cancelled":
+      return t("job_cancelled");
     default:
       return last.error || "";
   }
@@ -632,9 +658,11 @@ function jobElement(job) {
   name.type = "button";
   name.className = "job-name";
   name.addEventListener("click", () => select(job));
+  const time = document.createElement("span");
+  time.className = "job-time";
   const state = document.createElement("span");
   state.className = "job-state";
-  head.append(name, state);
+  head.append(name, time, state);
   const bar = document.createElement("div");
   bar.className = "bar";
   bar.setAttribute("role", "progressbar");
@@ -678,6 +706,10 @@ function updateJobElement(item, job) {
   item.classList.toggle("selected", job.id === selectedId);
   const name = item.querySelector(".job-name");
   name.textContent = job.name;
+  // The time it was sent tells apart several jobs of one file, on screen and in the buttons' names.
+  const sent = job.submitted ? formatTime(job.submitted) : "";
+  setText(item.querySelector(".job-time"), sent);
+  const named = sent ? `${job.name} (${sent})` : job.name;
   name.disabled = state !== "completed";
   name.setAttribute("aria-current", job.id === selectedId ? "true" : "false");
   const badge = item.querySelector(".job-state");
@@ -685,7 +717,7 @@ function updateJobElement(item, job) {
   badge.textContent = t(`state_${state}`);
   const progress = (job.last && job.last.progress) || { segments_done: 0, segments_total: 0 };
   const bar = item.querySelector('[role="progressbar"]');
-  bar.setAttribute("aria-label", t("job_progress", { name: job.name }));
+  bar.setAttribute("aria-label", t("job_progress", { name: named }));
   const percent = progress.segments_total ? Math.round((100 * progress.segments_done) / progress.segments_total) : 0;
   bar.setAttribute("aria-valuenow", String(percent));
   bar.setAttribute("aria-valuetext", t("job_segments", { done: progress.segments_done, total: progress.segments_total }));
@@ -695,11 +727,11 @@ function updateJobElement(item, job) {
   const cancel = item.querySelector(".job-cancel");
   cancel.hidden = FINAL.has(state);
   cancel.textContent = t("cancel");
-  cancel.setAttribute("aria-label", t("cancel_named", { name: job.name }));
+  cancel.setAttribute("aria-label", t("cancel_named", { name: named }));
   const remove = item.querySelector(".job-delete");
   remove.hidden = !FINAL.has(state);
   remove.textContent = t("delete");
-  remove.setAttribute("aria-label", t("delete_named", { name: job.name }));
+  remove.setAttribute("aria-label", t("delete_named", { name: named }));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -710,8 +742,12 @@ let upload = null;
 
 function choose(file) {
   chosen = file;
-  $("file-info").textContent = file ? `${file.name} (${formatBytes(file.size)})` : "";
+  showChosen();
   $("upload-message").textContent = "";
+}
+
+function showChosen() {
+  $("file-info").textContent = chosen ? `${chosen.name} (${formatBytes(chosen.size)})` : "";
 }
 
 function formFields() {
@@ -753,6 +789,10 @@ function submit(file) {
     $("file").focus();
     return;
   }
+  if (file.size === 0) {
+    message.textContent = t("file_empty");
+    return;
+  }
   const limit = health && health.upload ? health.upload.max_upload_bytes : null;
   if (limit && file.size > limit) {
     message.textContent = t("too_large", { size: formatBytes(file.size), limit: formatBytes(limit) });
@@ -778,6 +818,7 @@ function submit(file) {
     if (xhr.status === 202) {
       const body = JSON.parse(xhr.responseText);
       addJob(body.job_id, file);
+      refreshHealth();
       choose(null);
       $("file").value = "";
       return;
@@ -906,7 +947,16 @@ async function showResult(job) {
     const response = await api(`/status/${encodeURIComponent(job.id)}/result?format=json&word_timestamps=true`);
     body = await response.json();
   } catch (error) {
-    if (token === resultToken) $("result-message").textContent = error.message;
+    if (token !== resultToken) return;
+    if (error.status === 404) {
+      // Deleted or expired on the server (or another key's): the list says so.
+      job.gone = true;
+      touch(job);
+      hideResult();
+      renderJobs();
+    } else {
+      $("result-message").textContent = error.message;
+    }
     return;
   }
   if (token !== resultToken) return;
@@ -1086,8 +1136,12 @@ async function copyText() {
     area.value = text;
     document.body.append(area);
     area.select();
-    document.execCommand("copy");
+    const copied = document.execCommand("copy");
     area.remove();
+    if (!copied) {
+      $("result-message").textContent = t("copy_failed");
+      return;
+    }
   }
   $("result-message").textContent = t("copied");
 }

@@ -218,7 +218,7 @@ def test_upload_progress_transcript_player_and_downloads(
     bar = page.get_by_role("progressbar", name="Upload progress")
     bar.wait_for()
     wait_for(lambda: 10 < int(bar.get_attribute("aria-valuenow") or 0) < 90, 30, "the upload half-way")
-    assert re.search(r"of 1\.2 MB sent · [\d.]+ kB/s", page.locator("#upload-progress-label").text_content() or "")
+    assert re.search(r"of 1\.2\sMB sent · [\d.]+\skB/s", page.locator("#upload-progress-label").text_content() or "")
     page.screenshot(path=str(shots / "desktop-uploading.png"))
     unthrottled = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
     cdp.send("Network.emulateNetworkConditions", unthrottled)
@@ -424,20 +424,33 @@ def test_api_key_is_asked_once_and_a_wrong_one_is_refused(browser: Any, web_serv
     view.close("401", "404")
 
 
-def test_a_file_over_the_limit_is_refused_before_it_is_sent(browser: Any, web_server: Server, tmp_path: Path) -> None:
-    """The size limit from /health is checked in the browser: a clear message, and no upload at all."""
+def test_files_the_server_would_refuse(browser: Any, web_server: Server, tmp_path: Path) -> None:
+    """The size limit from /health and emptiness are checked in the browser (a clear message, no upload at all);
+    a file that is not audio is refused by the server, and the page says so in its own words."""
     view = Page(browser, web_server)
     page = view.open()
-    page.get_by_text(re.compile(r"At most 6 MB")).wait_for()
+    page.get_by_text(re.compile(r"At most 6\sMB")).wait_for()
     uploads: list[str] = []
     page.on("request", lambda r: r.method == "POST" and uploads.append(r.url))
     page.get_by_label("Audio or video file").set_input_files(
         {"name": "big.wav", "mimeType": "audio/wav", "buffer": b"\0" * (MAX_UPLOAD + 1)}
     )
     page.get_by_role("button", name="Transcribe").click()
-    page.get_by_text("This file is 6 MB; the server accepts at most 6 MB.").wait_for()
+    page.get_by_text(re.compile(r"This file is 6\sMB; the server accepts at most 6\sMB\.")).wait_for()
+    page.get_by_label("Audio or video file").set_input_files(
+        {"name": "empty.wav", "mimeType": "audio/wav", "buffer": b""}
+    )
+    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_text("This file is empty.").wait_for()
     assert uploads == []
-    view.close()
+    # What the server refuses is said in the page's words, with the server's after them.
+    page.get_by_label("Audio or video file").set_input_files(
+        {"name": "notes.mp3", "mimeType": "audio/mpeg", "buffer": b"not audio at all\n" * 64}
+    )
+    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_text(re.compile(r"^The server cannot read this file as audio or video\. \(.+\)$")).wait_for()
+    assert len(uploads) == 1 and stored_jobs(page) == []
+    view.close("415")
 
 
 def test_the_page_speaks_three_languages(browser: Any, web_server: Server) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import HTTP_CODES, ServiceError
+
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
 LANGUAGES = ("en", "zh-Hant", "ru")
 # Keys the script builds from a state: t(`model_${state}`), t(`state_${state}`).
@@ -76,13 +78,32 @@ def test_every_string_the_page_uses_is_in_the_catalogues(page: Page) -> None:
     """Keys of the HTML and of the script's t("...") calls, and the keys it builds, are all defined."""
     script = (STATIC / "app.js").read_text(encoding="utf-8")
     used = set(re.findall(r"\bt\(\"([a-z_0-9]+)\"", script)) | {key for key, _ in page.texts} | set(page.labels)
-    used |= set(BUILT_KEYS)
-    used |= set(re.findall(r"\? \"([a-z_]+)\" : \"([a-z_]+)\"", script)[0])  # t(rejected ? "a" : "b")
+    used |= set(BUILT_KEYS) | {key for key in catalogue("en") if key.startswith("error_") and key != "error_status"}
+    for pair in re.findall(r"\bt\([^\"\n]*\? \"([a-z_]+)\" : \"([a-z_]+)\"\)", script):  # t(x ? "a" : "b")
+        used |= set(pair)
     assert len(used) > 60
     english = catalogue("en")
     assert sorted(used - set(english)) == []
     # And nothing is kept that nothing uses.
     assert sorted(set(english) - used) == []
+
+
+def error_codes() -> set[str]:
+    """Every error code the server answers with: the exception classes' and the HTTP-level ones."""
+    found: set[str] = set()
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return found | set(HTTP_CODES.values())
+
+
+def test_translated_errors_are_codes_the_server_sends() -> None:
+    """The page words some refusals itself (error_<code>): each is a code the server really answers with."""
+    keys = {key.removeprefix("error_") for key in catalogue("en") if key.startswith("error_")}
+    keys -= {"status", "network"}
+    assert keys and keys <= error_codes(), keys - error_codes()
 
 
 def test_the_html_shows_the_english_strings_before_the_script_runs(page: Page) -> None:
