@@ -86,7 +86,7 @@ def health() -> Response:
         storage=disk,
         jobs=jobs,
         upload=shapes.UploadConfig(
-            api_key_required=bool(settings.api_keys or settings.admin_api_keys),
+            api_key_required=bool(settings.every_api_key),
             max_upload_bytes=settings.max_upload_size,
             max_audio_duration=settings.max_audio_duration,
             languages=shapes.LANGUAGES,
@@ -228,10 +228,7 @@ def job_result(job_id: str) -> Response:
     result = shapes.TranscriptResult.model_validate(job.result)
     if wanted == "json":
         # Given, the query decides; absent, what the job was submitted with.
-        raw = (request.args.get("word_timestamps") or "").strip()
-        words = parse_flag(raw) if raw else job.options.word_timestamps
-        if words is None:
-            raise InvalidOption("word_timestamps", f"must be true or false, got {quoted(raw)}")
+        words = _query_flag("word_timestamps", job.options.word_timestamps)
         body = json.dumps(shapes.TranscriptResult.of(result.transcript(), words=words).body(), ensure_ascii=False)
         # An attachment like the other formats, so that a browser's download keeps the upload's name.
         name = f"{job.name or job.id}.json"
@@ -245,10 +242,7 @@ def job_delete(job_id: str) -> Response:
     cancel_only=true asks only to cancel."""
     runner = current_services().runner
     _visible_job(job_id)
-    raw = (request.args.get("cancel_only") or "").strip()
-    cancel_only = parse_flag(raw) if raw else False
-    if cancel_only is None:
-        raise InvalidOption("cancel_only", f"must be true or false, got {quoted(raw)}")
+    cancel_only = _query_flag("cancel_only", False)
     if runner.cancel(job_id) is not None or runner.is_running(job_id) or cancel_only:
         # Cancelled now, or cancelled earlier and still stopping: the job stays until its run has ended. Asked
         # only to cancel, a job that has finished is left as it is.
@@ -257,6 +251,15 @@ def job_delete(job_id: str) -> Response:
         return jsonify(shapes.JobDeleted(job_id=job_id).body())
     # Another request deleted it just now.
     raise JobNotFound(f"no job with id {quoted(job_id)}")
+
+
+def _query_flag(name: str, default: bool) -> bool:
+    """A true/false query parameter; absent or empty, the default; anything else is a 400 naming it."""
+    raw = (request.args.get(name) or "").strip()
+    flag = parse_flag(raw) if raw else default
+    if flag is None:
+        raise InvalidOption(name, f"must be true or false, got {quoted(raw)}")
+    return flag
 
 
 def _visible_job(job_id: str) -> Job:

@@ -109,7 +109,7 @@ def install_security(app: Flask, settings: Settings) -> None:
         # Only as many X-Forwarded-For hops as there are proxies we run are believed.
         proxies = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
-    keys = settings.api_keys + settings.admin_api_keys
+    keys = settings.every_api_key
     check = KeyCheck(keys) if keys else None
     unchecked = open_paths(settings)
     admins = KeyCheck(settings.admin_api_keys)

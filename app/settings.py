@@ -194,6 +194,11 @@ class Settings:
         return _keys(self.admin_api_key)
 
     @property
+    def every_api_key(self) -> tuple[str, ...]:
+        """Every key a request may carry, admin keys included; empty when the server is open."""
+        return self.api_keys + self.admin_api_keys
+
+    @property
     def model_variant(self) -> Variant:
         """The Variant this service runs."""
         return get_variant(self.variant)

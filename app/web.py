@@ -35,11 +35,11 @@ PAGE_ENDPOINTS = frozenset({"web.index", "static"})
 @bp.get("/")
 def index() -> Response:
     """The page itself."""
+    # Like every static file it is sent with Cache-Control: no-cache (revalidated on every visit), so that an
+    # upgraded server never serves a page older than its API.
     response = current_app.send_static_file("index.html")
     # A page to show, not a file to save.
     response.headers.pop("Content-Disposition", None)
-    # Revalidated on every visit, so that an upgraded server never serves a page older than its API.
-    response.headers["Cache-Control"] = "no-cache"
     return response
 
 
@@ -53,5 +53,4 @@ def install_content_policy(app: Flask) -> None:
         response.headers["X-Content-Type-Options"] = "nosniff"
         if page:
             response.headers["Referrer-Policy"] = "no-referrer"
-            response.headers.setdefault("Cache-Control", "no-cache")
         return response

@@ -648,16 +648,21 @@ function jobDetail(job) {
   }
 }
 
+function button(className, action) {
+  const made = document.createElement("button");
+  made.type = "button";
+  made.className = className;
+  made.addEventListener("click", action);
+  return made;
+}
+
 function jobElement(job) {
   const item = document.createElement("li");
   item.className = "job";
   item.dataset.id = job.id;
   const head = document.createElement("div");
   head.className = "job-head";
-  const name = document.createElement("button");
-  name.type = "button";
-  name.className = "job-name";
-  name.addEventListener("click", () => select(job));
+  const name = button("job-name", () => select(job));
   const time = document.createElement("span");
   time.className = "job-time";
   const state = document.createElement("span");
@@ -675,15 +680,7 @@ function jobElement(job) {
   detail.className = "job-detail";
   const actions = document.createElement("div");
   actions.className = "job-actions";
-  const cancel = document.createElement("button");
-  cancel.type = "button";
-  cancel.className = "danger job-cancel";
-  cancel.addEventListener("click", () => cancelJob(job));
-  const remove = document.createElement("button");
-  remove.type = "button";
-  remove.className = "secondary job-delete";
-  remove.addEventListener("click", () => deleteJob(job));
-  actions.append(cancel, remove);
+  actions.append(button("danger job-cancel", () => cancelJob(job)), button("secondary job-delete", () => deleteJob(job)));
   item.append(head, bar, detail, actions);
   return item;
 }
@@ -998,12 +995,9 @@ function segmentElement(segment, language) {
   line.className = "segment";
   line.dataset.start = segment.start;
   line.dataset.end = segment.end;
-  const time = document.createElement("button");
-  time.type = "button";
-  time.className = "time";
+  const time = button("time", () => seek(segment.start));
   time.textContent = formatClock(segment.start);
   time.setAttribute("aria-label", t("play_from", { time: formatClock(segment.start) }));
-  time.addEventListener("click", () => seek(segment.start));
   const text = document.createElement("span");
   text.className = "text";
   if (language) text.lang = language;
