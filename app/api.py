@@ -15,13 +15,15 @@ from werkzeug.datastructures import FileStorage
 
 from app.checkpoints import missing
 from app.devices import gpu_memory
-from app.errors import InvalidOption, JobNotFound, QueueFull, ResultNotReady, quoted
+from app.engine import Inference
+from app.errors import InvalidOption, JobNotFound, QueueFull, ResultNotReady, ServiceError, quoted
 from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.jobs import Job, new_job_id
 from app.outputs import now_iso, save_transcript
 from app.protocol import native as shapes
 from app.protocol.native import RESULT_FORMATS, JobState
 from app.protocol.validation import parse_flag
+from app.remote_engine import RemoteEngine
 from app.security import caller
 from app.services import current_services
 from app.tracing import current_id
@@ -42,16 +44,19 @@ def health() -> Response:
     model = services.engine.status()
     gpu, allocated, reserved = gpu_memory()
     problems: list[str] = []
-    if model["state"] == "error":
+    cluster = _cluster_health(services.engine, problems)
+    if model["state"] == "error" and cluster is None:
         problems.append(f"the model cannot be loaded: {model['error']}")
-    elif model["state"] == "unloaded" and (absent := missing(services.settings)) is not None:
+    elif model["state"] == "error" and cluster is not None and cluster.reachable:
+        problems.append(f"no worker can load the model: {model['error']}")
+    elif cluster is None and model["state"] == "unloaded" and (absent := missing(services.settings)) is not None:
         # Known before any load is tried: the checkpoint is not on this machine and may not be fetched.
         problems.append(f"the model cannot be loaded: {absent}")
     jobs: shapes.JobCounts | None = None
     try:
         counts = services.jobs.counts()
         jobs = shapes.JobCounts(queued=counts[JobState.QUEUED], running=counts[JobState.PROCESSING])
-    except (sqlite3.Error, OSError) as exc:  # the job database is unreadable: report it, never fail the check
+    except (sqlite3.Error, OSError, ServiceError) as exc:  # the job store is unreadable: report it, never fail
         problems.append(f"the job database cannot be read: {exc}")
     disk = shapes.StorageHealth(**services.disk.status(), error=services.runner.storage_error)
     if disk.low:
@@ -94,8 +99,29 @@ def health() -> Response:
             takes_prompt=settings.model_variant.task != "caption",
             defaults=settings.default_options().to_dict(),
         ),
+        cluster=cluster,
     )
     return jsonify(body.body())
+
+
+def _cluster_health(engine: Inference, problems: list[str]) -> shapes.ClusterHealth | None:
+    """Cluster mode's section of /health (None in one process); adds its problems: no broker, no worker."""
+    if not isinstance(engine, RemoteEngine):
+        return None
+    found = engine.cluster_status()
+    if not found["reachable"]:
+        problems.append(f"the broker cannot be reached: {found['error']}")
+    elif not found["workers"]:
+        problems.append("no worker is running: start serve/worker.py (one per GPU) against this broker")
+    workers = [
+        shapes.WorkerHealth(
+            **{name: worker[name] for name in shapes.WorkerHealth.model_fields if name in worker},
+            model_state=worker["model"]["state"],
+            model_error=worker["model"]["error"],
+        )
+        for worker in found["workers"]
+    ]
+    return shapes.ClusterHealth(**{**found, "workers": workers})
 
 
 def _stem(file: FileStorage) -> str:

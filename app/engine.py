@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from app.backends import (
     Aligner,
@@ -71,6 +71,17 @@ ALIGNER_POLL_SECONDS = 5.0
 _STOP = object()
 
 
+class Inference(Protocol):
+    """What the pipeline and the routes need of an engine: this one, or cluster mode's RemoteEngine."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float | None = None) -> None: ...
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[GenerationResult]]: ...
+    def submit_alignments(self, requests: Sequence[AlignmentRequest]) -> list[Future[Alignment]]: ...
+    def status(self) -> dict[str, Any]: ...
+    def aligner_status(self) -> dict[str, Any] | None: ...
+
+
 class Engine:
     """Request threads submit segments and wait on futures; one worker thread does all loading and generation."""
 
@@ -86,8 +97,12 @@ class Engine:
         load_backoff: tuple[float, float] = (2.0, 60.0),
         aligner_loader: Callable[[], Aligner] | None = None,
         metrics: Metrics | None = None,
+        gather: float = 0.0,
     ) -> None:
         self._loader = loader
+        # Seconds to wait for more work after the first item arrives at an idle worker, to fill its batch: a
+        # cluster worker's segments arrive from several threads a few milliseconds apart.
+        self._gather = gather
         # Where stage times, batch sizes and tokens are recorded (none: not recorded).
         self._metrics = metrics
         # The forced aligner: loaded by this worker when alignments arrive, unloaded with the model.
@@ -221,6 +236,7 @@ class Engine:
                 if item is _STOP:
                     break
                 pending.append(item)
+                self._gather_more(pending)
             if self._drain(pending):
                 break
             batch = self._take_batch(pending)
@@ -232,6 +248,22 @@ class Engine:
         self._drain(pending)
         self._fail_all(pending, _shutting_down())
         self._unload()
+
+    def _gather_more(self, pending: deque[_Work]) -> None:
+        """Wait up to the gather time for a batch's worth of work (a stop marker is put back for _drain)."""
+        deadline = time.monotonic() + self._gather
+        while len(pending) < self._batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._queue.put(_STOP)
+                return
+            pending.append(item)
 
     def _hold(self, count: int) -> None:
         with self._lock:

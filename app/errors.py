@@ -160,6 +160,12 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class BrokerUnavailable(ModelUnavailable):
+    """Cluster mode: Redis (the queue, the jobs) cannot be reached, or no worker holds the model for now."""
+
+    code = "broker_unavailable"
+
+
 class ShuttingDown(ServiceError):
     """The service is stopping; the work was not done and may be sent again after the restart."""
 

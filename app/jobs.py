@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import (
     DecodeInterrupted,
@@ -97,8 +97,46 @@ class Job:
         return cls(**data)
 
 
+class Store(Protocol):
+    """What the runner and the routes need of a job store: SQLite here, Redis in cluster mode (app/redis_jobs.py)."""
+
+    # Seconds a claim holds without renew() (0: claims are this process's alone, recovered at start only).
+    lease_seconds: float
+
+    def create(
+        self,
+        job_id: str,
+        options: TranscribeOptions,
+        audio_path: Path,
+        *,
+        owner: str | None = None,
+        max_queued: int | None = None,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def queue_position(self, job_id: str) -> int | None: ...
+    def claim_next(self) -> Job | None: ...
+    def renew(self, job_id: str) -> bool: ...
+    def reclaim(self) -> list[str]: ...
+    def set_progress(self, job_id: str, done: int, total: int) -> None: ...
+    def set_output_file(self, job_id: str, output_file: str) -> None: ...
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool: ...
+    def fail(self, job_id: str, error: str) -> None: ...
+    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None: ...
+    def cancel(self, job_id: str) -> str | None: ...
+    def delete(self, job_id: str) -> Job | None: ...
+    def finished_before(self, cutoff: str) -> list[str]: ...
+    def recover(self) -> list[str]: ...
+    def counts(self) -> dict[str, int]: ...
+    def fetch_audio(self, job_id: str, target: Path) -> bool: ...
+
+
 class JobStore:
     """Jobs in SQLite: every state change is one transaction, so a crash leaves no half-written row."""
+
+    # One process owns the database: its claims need no lease, and recover() at start takes them all back.
+    lease_seconds = 0.0
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
@@ -191,6 +229,18 @@ class JobStore:
             )
             db.execute("COMMIT")
         return self.get(row["id"])
+
+    def renew(self, job_id: str) -> bool:
+        """Claims here hold without a lease (see lease_seconds)."""
+        return True
+
+    def reclaim(self) -> list[str]:
+        """No other process holds claims here: nothing to take back."""
+        return []
+
+    def fetch_audio(self, job_id: str, target: Path) -> bool:
+        """A job's audio is only ever where its upload was kept: nothing is stored elsewhere."""
+        return False
 
     def set_progress(self, job_id: str, done: int, total: int) -> None:
         """Record how many segments are finished."""
@@ -309,6 +359,8 @@ class JobInterrupted(Exception):
     """Raised inside a running job's pipeline when the service is stopping: the job runs again after the restart."""
 
 
+# With a shared store (cluster mode), how often a node removes the local copies of audio of jobs that ended.
+LOCAL_SWEEP_SECONDS = 60.0
 # A runner that cannot reach the job database waits this long before trying again, doubling up to the second.
 STORE_RETRY_SECONDS = (0.5, 30.0)
 
@@ -323,7 +375,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         pipeline: Pipeline,
         jobs_dir: Path,
         outputs_dir: Path,
@@ -344,6 +396,7 @@ class JobRunner:
         self._clock = clock
         self._wake = threading.Condition()
         self._stopping = False
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._cancelled: set[str] = set()
         # Jobs a runner thread is working on now (a cancelled one stays here until its run has stopped).
@@ -359,11 +412,16 @@ class JobRunner:
 
     def start(self) -> None:
         """Requeue interrupted jobs and start the runner threads and the retention sweeper."""
-        requeued = self.store.recover()
-        if requeued:
-            log.info("requeued %d interrupted job(s)", len(requeued))
-        self._sweep()
-        self.expire()
+        try:
+            requeued = self.store.recover()
+            if requeued:
+                log.info("requeued %d interrupted job(s)", len(requeued))
+            self._sweep()
+            self.expire()
+        except ServiceError:
+            # A shared store that cannot be reached yet (cluster mode): the service comes up and says so in
+            # /health; jobs whose leases run out meanwhile are taken back by the lease keeper.
+            log.exception("the job store cannot be reached at start; interrupted jobs are taken back later")
         for n in range(self.workers):
             thread = threading.Thread(target=self._run, name=f"job-runner-{n}", daemon=True)
             thread.start()
@@ -372,6 +430,35 @@ class JobRunner:
             thread = threading.Thread(target=self._expire_periodically, name="job-retention", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.store.lease_seconds > 0:
+            thread = threading.Thread(target=self._keep_leases, name="job-leases", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _keep_leases(self) -> None:
+        """Renew the leases of the jobs running here, take back those of nodes that stopped, sweep old audio.
+
+        A lease this node no longer holds (the job was cancelled on another node, or taken back after this
+        node stalled) stops the job's run here, as a cancellation does.
+        """
+        interval = self.store.lease_seconds / 10
+        swept = time.monotonic()
+        while not self._stopped.wait(interval):
+            with self._wake:
+                running = list(self._running - self._cancelled)
+            try:
+                for job_id in running:
+                    if not self.store.renew(job_id):
+                        log.info("job %s is no longer this node's to run (cancelled or taken back)", job_id)
+                        with self._wake:
+                            self._cancelled.add(job_id)
+                if self.store.reclaim():
+                    self.notify()
+                if time.monotonic() - swept > LOCAL_SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    self._sweep()
+            except Exception:  # the store is unreachable for now: the next round tries again
+                log.warning("keeping the job leases failed; retrying", exc_info=True)
 
     def _sweep(self) -> None:
         """Remove audio left behind by jobs that ended (or never got a row) and half-written outputs."""
@@ -456,6 +543,7 @@ class JobRunner:
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+        self._stopped.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -531,8 +619,14 @@ class JobRunner:
     def _attempt(self, job: Job) -> Callable[[], bool]:
         """Run the job once; returns the write that records how it went (True when that ends the job)."""
         try:
+            audio = Path(job.audio_path)
+            if not audio.exists():
+                # Queued on another node (cluster mode): its audio comes from the shared store.
+                audio = self.audio_path(job.id)
+                if not self.store.fetch_audio(job.id, audio):
+                    return functools.partial(self._fail, job, "its audio is no longer stored")
             transcript = self.pipeline.transcribe(
-                job.audio_path,
+                audio,
                 job.options,
                 on_progress=lambda done, total: self._progress(job.id, done, total),
                 check=lambda: self._check(job.id),

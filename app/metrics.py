@@ -144,3 +144,45 @@ def job_figures(counts: dict[str, int]) -> Iterator[Metric]:
     for state, count in counts.items():
         jobs.add_metric([state], count)
     yield jobs
+
+
+def cluster_figures(status: dict[str, Any]) -> Iterator[Metric]:
+    """Cluster mode: the broker, its queue and each live worker (RemoteEngine.cluster_status(), as /health)."""
+    yield GaugeMetricFamily(_name("broker_up"), "1 when the broker (Redis) answers.", value=float(status["reachable"]))
+    workers = status["workers"]
+    yield GaugeMetricFamily(_name("cluster_workers"), "Workers whose heartbeat is fresh.", value=len(workers))
+    if status["queued_segments"] is not None:
+        yield GaugeMetricFamily(
+            _name("cluster_queued_segments"), "Segments waiting in the broker's queue for a worker.",
+            value=status["queued_segments"],
+        )  # fmt: skip
+    yield GaugeMetricFamily(
+        _name("cluster_waiting_segments"), "Segments this HTTP node has sent and waits on.",
+        value=status["waiting_segments"],
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        _name("cluster_resent_segments"), "Segments this node sent again because their worker stopped.",
+        value=status["resent_segments"],
+    )  # fmt: skip
+    # Per worker, labelled by its id (host:pid): a cluster has a handful.
+    in_hand = GaugeMetricFamily(
+        _name("worker_segments_in_hand"), "Segments a worker holds (queued in its engine or generating).",
+        labels=["worker"],
+    )  # fmt: skip
+    loaded = GaugeMetricFamily(_name("worker_model_loaded"), "1 when a worker's model is loaded.", labels=["worker"])
+    seen = GaugeMetricFamily(
+        _name("worker_last_seen_seconds"), "Seconds since a worker's last heartbeat.", labels=["worker"]
+    )
+    done = CounterMetricFamily(_name("worker_segments"), "Segment tasks a worker has finished.", labels=["worker"])
+    calls = CounterMetricFamily(
+        _name("worker_generate_calls"), "Generate calls a worker has made (segments per call: its batching).",
+        labels=["worker"],
+    )  # fmt: skip
+    for worker in workers:
+        labels = [str(worker["id"])]
+        in_hand.add_metric(labels, worker["in_hand"])
+        loaded.add_metric(labels, 1.0 if worker["model"]["state"] == "loaded" else 0.0)
+        seen.add_metric(labels, worker["seconds_since_seen"])
+        done.add_metric(labels, worker["segments_done"])
+        calls.add_metric(labels, worker["generate_calls"])
+    yield from (in_hand, loaded, seen, done, calls)

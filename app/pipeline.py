@@ -24,7 +24,7 @@ from app.backends import (
     GenerationRequest,
     GenerationResult,
 )
-from app.engine import Engine
+from app.engine import Inference
 from app.errors import InferenceFailed, NoSpeech, ServiceError
 from app.metrics import Metrics
 from app.protocol.native import TranscribeOptions
@@ -59,7 +59,7 @@ class Pipeline:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Inference,
         speech: vad.SpeechModel | None = None,
         max_audio_seconds: float | None = None,
         *,

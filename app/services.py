@@ -14,10 +14,13 @@ from prometheus_client.core import Metric
 
 from app.backends import Aligner, AlignerDownloading, Backend
 from app.checkpoints import DownloadProgress
-from app.engine import Engine
-from app.jobs import JobRunner, JobStore
-from app.metrics import Metrics, engine_figures, job_figures
+from app.engine import Engine, Inference
+from app.errors import ServiceError
+from app.jobs import JobRunner, JobStore, Store
+from app.metrics import Metrics, cluster_figures, engine_figures, job_figures
 from app.pipeline import Pipeline
+from app.redis_jobs import RedisJobStore
+from app.remote_engine import RemoteEngine
 from app.settings import Settings
 from app.storage import DiskGuard
 from app.vad import SpeechModel
@@ -32,9 +35,10 @@ class Services:
     """App-wide services, kept in app.extensions["asr"]."""
 
     settings: Settings
-    engine: Engine
+    # In cluster mode (settings.clustered), a RemoteEngine: the model runs in the workers.
+    engine: Inference
     pipeline: Pipeline
-    jobs: JobStore
+    jobs: Store
     runner: JobRunner
     uploads_dir: Path
     outputs_dir: Path
@@ -131,6 +135,27 @@ def aligner_loader(settings: Settings, download: DownloadProgress) -> Callable[[
     return load
 
 
+def _cluster(settings: Settings) -> tuple[RemoteEngine, RedisJobStore]:
+    """Cluster mode: the engine is the workers' behind the broker, and the jobs live in the same Redis."""
+    from app.broker import connect
+    from app.redis_jobs import node_id
+
+    engine = RemoteEngine(
+        settings.broker_url,
+        settings.visibility_timeout,
+        batch_size=settings.batch_size,
+        token_budget=settings.token_budget,
+        idle_timeout=settings.idle_timeout,
+    )
+    store = RedisJobStore(
+        connect(settings.broker_url),
+        node_id(settings.data_path),
+        retention_seconds=settings.retention_hours * 3600,
+        max_audio_seconds=settings.max_audio_duration,
+    )
+    return engine, store
+
+
 def build_services(settings: Settings, loader: BackendLoader | None = None) -> Services:
     """Wire the services for these settings; tests pass a loader to inject a faulty backend."""
     from app.devices import release_memory
@@ -144,16 +169,22 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         leftover.unlink(missing_ok=True)
     download = DownloadProgress()
     metrics = Metrics()
-    engine = Engine(
-        loader or real_loader(settings, download),
-        idle_timeout=settings.idle_timeout,
-        batch_size=settings.batch_size,
-        token_budget=settings.token_budget,
-        release=release_memory,
-        # A test's own loader (a faulty backend) runs without an aligner.
-        aligner_loader=None if loader is not None else aligner_loader(settings, download),
-        metrics=metrics,
-    )
+    engine: Inference
+    store: Store
+    if settings.clustered:
+        engine, store = _cluster(settings)
+    else:
+        engine = Engine(
+            loader or real_loader(settings, download),
+            idle_timeout=settings.idle_timeout,
+            batch_size=settings.batch_size,
+            token_budget=settings.token_budget,
+            release=release_memory,
+            # A test's own loader (a faulty backend) runs without an aligner.
+            aligner_loader=None if loader is not None else aligner_loader(settings, download),
+            metrics=metrics,
+        )
+        store = JobStore(data / "jobs.sqlite3")
     pipeline = Pipeline(
         engine,
         SpeechModel(settings.vad_settings),
@@ -161,7 +192,6 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         paced=settings.model_variant.paced,
         metrics=metrics,
     )
-    store = JobStore(data / "jobs.sqlite3")
     disk = DiskGuard(data, settings.min_free_space)
     runner = JobRunner(
         store,
@@ -175,9 +205,11 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
 
     def scraped() -> Iterator[Metric]:
         yield from engine_figures(engine.status(), engine.aligner_status())
+        if isinstance(engine, RemoteEngine):
+            yield from cluster_figures(engine.cluster_status())
         try:
             counts = store.counts()
-        except (sqlite3.Error, OSError):  # /health reports an unreadable database; the scrape goes on without it
+        except (sqlite3.Error, OSError, ServiceError):  # /health reports an unreadable store; the scrape goes on
             log.warning("job counts left out of /metrics: the job database cannot be read", exc_info=True)
             return
         yield from job_figures(counts)

@@ -135,6 +135,22 @@ class Settings:
     retention_hours: float = _setting(
         168.0, "ASR_RETENTION_HOURS", "hours finished jobs and outputs are kept (0 = forever)"
     )
+    # Cluster mode: a Redis URL (redis://host:6379/0). The HTTP service then loads no model: it decodes and
+    # segments, queues the segments in Celery on this Redis, and keeps its jobs there; serve/worker.py
+    # processes, one per GPU, run the model. Empty: one process does everything (the default).
+    broker_url: str = _setting(
+        "",
+        "ASR_BROKER_URL",
+        "Redis URL of the cluster's broker (empty = one process, no cluster)",
+        secret=True,
+        aliases=("--broker",),
+    )
+    # Redis delivers a segment's task again when its worker has not acknowledged it after this many seconds,
+    # so it must exceed the longest task (a model load plus a batch). A dead worker's segments are sent again
+    # by the HTTP service as soon as its heartbeat stops; this is the backstop when nobody is waiting.
+    visibility_timeout: float = _setting(
+        3600.0, "ASR_VISIBILITY_TIMEOUT", "cluster: seconds before an unacknowledged segment is delivered again"
+    )
 
     def __post_init__(self) -> None:
         variant = get_variant(self.variant)
@@ -180,6 +196,10 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 10):
                 raise ValueError(f"{name} must be 0 to 10 seconds, got {value!r}")
+        if not (math.isfinite(self.visibility_timeout) and self.visibility_timeout >= 10):
+            raise ValueError(f"visibility_timeout must be at least 10 seconds, got {self.visibility_timeout!r}")
+        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("broker_url must be a Redis URL: redis://host:port/db, rediss://... or unix://...")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1-65535, got {self.port}")
 
@@ -197,6 +217,11 @@ class Settings:
     def every_api_key(self) -> tuple[str, ...]:
         """Every key a request may carry, admin keys included; empty when the server is open."""
         return self.api_keys + self.admin_api_keys
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the model runs in workers behind a broker rather than in this process."""
+        return bool(self.broker_url)
 
     @property
     def model_variant(self) -> Variant:

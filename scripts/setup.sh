@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine for the tests and the smoke test: ffmpeg (and ffprobe) and chromium from the system's
-# package manager, then a virtualenv ($VENV, default .venv) with the pinned requirements. Safe to run again: what is
-# there already is kept. The first run downloads about 6 GB (torch's CUDA build) and takes 10 to 15 minutes.
+# Prepare a fresh machine for the tests and the smoke test: ffmpeg (and ffprobe), chromium and redis-server from
+# the system's package manager, then a virtualenv ($VENV, default .venv) with the pinned requirements. Safe to run
+# again: what is there already is kept. The first run downloads about 6 GB (torch's CUDA build) and takes 10 to 15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then missi
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CHROMIUM:-}" ]; then
     missing+=(chromium)
 fi
+# redis-server: the cluster tests start their own on a loopback port (the broker and the job store).
+if ! command -v redis-server >/dev/null; then missing+=(redis-server); fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     SUDO=""
@@ -24,7 +26,11 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     elif command -v brew >/dev/null; then
         for package in "${missing[@]}"; do
-            if [ "$package" = chromium ]; then brew install --cask chromium; else brew install "$package"; fi
+            case "$package" in
+                chromium) brew install --cask chromium ;;
+                redis-server) brew install redis ;;
+                *) brew install "$package" ;;
+            esac
         done
     else
         echo "error: install ${missing[*]} with your system's package manager (or set CHROMIUM to a Chromium binary)" >&2

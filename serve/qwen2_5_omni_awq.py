@@ -35,15 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per Settings field, defaulting to its environment variable."""
     parser = argparse.ArgumentParser(description=__doc__)
     for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         env = f.metadata["env"]
         help_text = f"{f.metadata['help']} (default: {shown_default(f)}; env {env})"
         if field_type(f.name) is bool:
             # --flag and --no-flag: a setting that is on by default (--vad) can be turned off.
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             parser.add_argument(
-                flag, dest=f.name, metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                *flags, dest=f.name, metavar=f.name.upper(), choices=f.metadata.get("choices"),
                 default=None, help=help_text,
             )  # fmt: skip
     return parser
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env(**overrides)
     except (ValueError, ServiceError) as exc:
         sys.exit(f"error: {exc}")
-    problem = start_up_problem(settings)
+    # In cluster mode the model (and its checkpoint) lives with the workers, not here.
+    problem = None if settings.clustered else start_up_problem(settings)
     if problem is not None:
         sys.exit(f"error: {problem}")
     # gunicorn runs from the project root, so paths relative to the caller's directory are made absolute.

@@ -179,3 +179,89 @@ class SlowHeads:
         self.stop.set()
         for thread in self.threads:
             thread.join(5)
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a loopback port, persisting to directory with the append-only file (as in compose)."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The broker URL the service and the workers take."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 30) -> RedisServer:
+        """Start (again, on the same data) and wait until it answers PING."""
+        import redis
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        ]  # fmt: skip
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis(port=self.port, socket_timeout=2)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                assert self.process is not None and self.process.poll() is None, "redis-server exited"
+                return False
+
+        wait_for(answers, timeout, "redis-server to answer")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGKILL: as a crash, the append-only file as it stands)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+@dataclass
+class Worker:
+    """A cluster GPU worker (serve/worker.py) on the tiny checkpoint, in its own process group."""
+
+    checkpoint: Path
+    broker_url: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        """Start it; wait_ready() tells when it has joined."""
+        cmd = [
+            sys.executable, str(ROOT / "serve" / "worker.py"), "--broker", self.broker_url,
+            "--checkpoint-path", str(self.checkpoint), "--local-model", "--device", "cpu", *self.args,
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """Its process id (its worker id is host:pid)."""
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGKILL: killed where it stands), and wait."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        """What it printed."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -539,8 +539,41 @@ class UploadConfig(Shape):
     )
 
 
+class WorkerHealth(Shape):
+    """Cluster mode: one GPU worker (serve/worker.py), as its last heartbeat described it."""
+
+    id: str = Field(description="host:pid, unique while it runs.")
+    host: str
+    pid: int = Field(ge=1)
+    device: str = Field(description="The device its model is on (or the configured choice before a load).")
+    visible_devices: str | None = Field(description="Its CUDA_VISIBLE_DEVICES: the GPU it was given.")
+    model_state: Literal["unloaded", "loading", "loaded", "error"]
+    model_error: str | None
+    in_hand: int = Field(ge=0, description="Segments it holds now: in its engine's queue or being generated.")
+    batch_size: int = Field(ge=1, description="The most segments it takes at once (one batch).")
+    segments_done: int = Field(ge=0, description="Segment tasks it has finished.")
+    generate_calls: int = Field(ge=0, description="Its generate calls: segments_generated / generate_calls is its "
+                                "mean batch.")  # fmt: skip
+    segments_generated: int = Field(ge=0)
+    seconds_since_seen: float = Field(ge=0, description="Since its last heartbeat (every 2 s; gone after 10 s).")
+
+
+class ClusterHealth(Shape):
+    """Cluster mode (--broker): the broker, the workers and the queue between them."""
+
+    broker: str = Field(description="The broker's URL, without its password.")
+    reachable: bool
+    error: str | None = Field(description="Why the broker cannot be reached.")
+    workers: list[WorkerHealth] = Field(description="The workers whose heartbeat is fresh.")
+    queued_segments: int | None = Field(description="Segments waiting for a worker (null: the broker is down).")
+    waiting_segments: int = Field(ge=0, description="Segments this HTTP node has sent and waits on.")
+    resent_segments: int = Field(ge=0, description="Segments this node sent again because their worker stopped.")
+
+
 class Health(Shape):
     """GET /health: always 200 while the service is up."""
+
+    OMITTED = ("cluster",)
 
     status: Literal["ok", "degraded"] = Field(
         description="degraded: up, but the model cannot be loaded or the disk is full or unwritable; problems says "
@@ -556,3 +589,9 @@ class Health(Shape):
     storage: StorageHealth
     jobs: JobCounts | None = Field(description="Null when the job database cannot be read.")
     upload: UploadConfig
+    cluster: ClusterHealth | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=absent,
+        description="Cluster mode (--broker) only: the broker and its workers; status is degraded when the broker "
+        "is down or no worker is alive.",
+    )

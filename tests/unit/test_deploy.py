@@ -48,6 +48,8 @@ SERVICES = {
     "qwen-omni-http-cpu": "cpu",
 }
 CPU_PROFILES = {"cpu"}
+# Cluster mode's services: the broker, an HTTP node (no model), one worker per GPU.
+CLUSTER_SERVICES = {"redis", "qwen-asr-cluster-http", "qwen-asr-cluster-worker-gpu0"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -185,7 +187,12 @@ def dockerignore_excludes(path: str) -> bool:
 
 
 def services_interpolated(env: dict[str, str] | None = None) -> dict[str, Any]:
-    return interpolate(load_compose(), env or {})["services"]
+    """The variants' services (the cluster profile's are checked on their own), interpolated."""
+    return {k: v for k, v in all_services(env).items() if k in SERVICES}
+
+
+def all_services(env: dict[str, str] | None = None) -> dict[str, Any]:
+    return dict(interpolate(load_compose(), env or {})["services"])
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def test_schema_validation_catches_mistakes() -> None:
 
 def test_one_service_and_profile_per_variant() -> None:
     """Every variant in the registry has exactly one service, behind a profile of the variant's name."""
-    services = load_compose()["services"]
+    services = {k: v for k, v in load_compose()["services"].items() if k not in CLUSTER_SERVICES}
     assert set(services) == set(SERVICES)
     assert set(SERVICES.values()) == set(VARIANTS)
     profiles = [profile for service in services.values() for profile in service["profiles"]]
@@ -306,7 +313,12 @@ def test_ports_map_container_port_5000_to_distinct_host_ports() -> None:
 def test_services_start_through_the_image_entrypoint() -> None:
     """No service overrides the entrypoint or passes a command: they all run the image's CLI."""
     for name, service in load_compose()["services"].items():
-        assert "entrypoint" not in service and "command" not in service, name
+        if name == "redis":
+            continue
+        assert "entrypoint" not in service, name
+        # A worker runs its own script through the same entrypoint (which makes the state dirs first).
+        assert service.get("command", ["python3", "/app/serve/worker.py"]) == ["python3", "/app/serve/worker.py"]
+        assert ("command" in service) == name.startswith("qwen-asr-cluster-worker"), name
     for dockerfile in (GPU_DOCKERFILE, CPU_DOCKERFILE):
         entrypoints = [rest for word, rest in final_stage(dockerfile) if word == "ENTRYPOINT"]
         assert [json.loads(rest) for rest in entrypoints] == [["/app/docker/entrypoint.sh"]]
@@ -321,7 +333,7 @@ def test_services_start_through_the_image_entrypoint() -> None:
 def test_compose_build_args_exist_in_the_dockerfile() -> None:
     args = {rest.split("=")[0] for word, rest in dockerfile_instructions(GPU_DOCKERFILE) if word == "ARG"}
     for name, service in load_compose()["services"].items():
-        if SERVICES[name] not in CPU_PROFILES:
+        if name not in CLUSTER_SERVICES and SERVICES[name] not in CPU_PROFILES:
             assert set(service["build"]["args"]) <= args
 
 
@@ -538,3 +550,39 @@ def test_dockerignore_keeps_the_context_to_what_the_images_copy() -> None:
         assert not dockerignore_excludes(source.rstrip("/")), source
     for path in ["app/settings.py", "app/backends/qwen_omni.py", "serve/qwen2_5_omni_awq.py"]:
         assert not dockerignore_excludes(path), path
+
+
+# --- the cluster profile -----------------------------------------------------------------------------------
+
+
+def test_cluster_profile_has_redis_an_http_node_and_a_worker_per_gpu() -> None:
+    services = all_services()
+    assert {name for name, s in services.items() if "cluster" in s.get("profiles", [])} == CLUSTER_SERVICES
+    redis, http, worker = (
+        services[name] for name in ("redis", "qwen-asr-cluster-http", "qwen-asr-cluster-worker-gpu0")
+    )
+    # Redis keeps its data in an append-only file on a volume, and never evicts a job or a queued segment.
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+    assert short_volumes(redis) == {"/data": "./redis"}
+    assert redis["ports"] == ["127.0.0.1:6379:6379"] and "ping" in " ".join(redis["healthcheck"]["test"])
+    # Every node reaches the same broker by the Redis service's name and serves the same variant.
+    env_http, env_worker = (
+        Settings.from_env({**image_env(dockerfile_of(s)), **s["environment"]}) for s in (http, worker)
+    )
+    assert env_http.broker_url == env_worker.broker_url == "redis://redis:6379/0"
+    assert env_http.variant == env_worker.variant == "awq"
+    assert env_http.visibility_timeout == env_worker.visibility_timeout == 3600
+    assert http["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The HTTP node loads no model: no GPU; the worker has exactly one.
+    assert "deploy" not in http and dockerfile_of(http) == CPU_DOCKERFILE
+    assert worker["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}
+    ]
+    assert dockerfile_of(worker) == GPU_DOCKERFILE and worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+    # The worker is healthy while its heartbeat is fresh; the HTTP node by /health, as every service.
+    assert worker["healthcheck"]["test"] == ["CMD", "python3", "/app/serve/worker.py", "--alive"]
+    assert "/health" in " ".join(http["healthcheck"]["test"])
+    # A worker on another machine: the cluster-worker profile starts the worker alone.
+    assert worker["profiles"] == ["cluster", "cluster-worker"]
+    assert all(s["environment"]["ASR_DATA_DIR"] != "/data/awq" for s in (http, worker))

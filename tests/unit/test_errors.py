@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from app.errors import (
     MAX_MESSAGE_CHARS,
     AudioTooLong,
+    BrokerUnavailable,
     CheckpointError,
     ClientDisconnected,
     DecodeInterrupted,
@@ -65,6 +66,7 @@ from app.errors import (
         (InsufficientStorage, 507, "insufficient_storage"),
         (StorageUnavailable, 503, "storage_unavailable"),
         (CheckpointError, 503, "model_unavailable"),
+        (BrokerUnavailable, 503, "broker_unavailable"),
     ],
 )
 def test_status_and_code_per_class(cls: type[ServiceError], status: int, code: str) -> None:
@@ -104,6 +106,7 @@ def test_every_subclass_is_covered() -> None:
         "ResultNotReady",
         "ModelNotFound",
         "ModelUnavailable",
+        "BrokerUnavailable",
         "Unauthorized",
         "QueueFull",
         "InferenceFailed",

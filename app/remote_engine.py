@@ -1,0 +1,334 @@
+"""Cluster mode's engine on the HTTP side: the Engine's interface, with the model behind a Celery queue.
+
+submit() writes each segment's audio into Redis and queues a task naming it; a GPU worker (app/worker.py)
+runs it through its own Engine, which batches it with whatever else it holds, and answers on this process's
+reply list. One thread here reads the replies (streamed text, then the result) and keeps watch: a segment
+whose worker stopped beating is sent again at once, without waiting for Redis' visibility timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import broker
+from app.backends import Alignment, AlignmentRequest, GenerationRequest, GenerationResult
+from app.errors import BrokerUnavailable, InvalidRequest, ServiceError, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+# How often the reply thread looks after what it waits for: dead workers, cancelled segments, lost replies.
+WATCH_SECONDS = 1.0
+# With no live worker for this long, what waits fails (503; a job goes back to its queue) instead of hanging.
+NO_WORKER_SECONDS = broker.WORKER_TTL + 5.0
+
+
+@dataclass
+class _Pending:
+    future: Future[Any]
+    on_text: Callable[[str], None] | None
+    sent: float
+    # Times it was sent again after its worker died.
+    resent: int = 0
+    streaming: bool = field(default=True)
+
+
+class RemoteEngine:
+    """Segments go to the cluster's workers through the broker; results come back as futures, as from Engine."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        visibility_timeout: float,
+        *,
+        batch_size: int,
+        token_budget: int,
+        idle_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.broker_url = broker_url
+        self._redis = broker.connect(broker_url)
+        self._celery = broker.celery_app(broker_url, visibility_timeout)
+        # Answers for this process come on a list of its own; a restarted process starts a new one.
+        self._reply = broker.key("reply", uuid.uuid4().hex)
+        self._settings = {"batch_size": batch_size, "token_budget": token_budget, "idle_timeout": idle_timeout}
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._resent = 0
+        # When a live worker was last seen (the watch thread looks every WATCH_SECONDS).
+        self._worker_seen = clock()
+
+    # The Engine's interface ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread that reads this process's replies (once)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="broker-replies", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Fail what still waits (ShuttingDown: jobs run again after the restart) and end the reply thread."""
+        self._stopping.set()
+        with self._lock:
+            waiting, self._pending = self._pending, {}
+        for pending in waiting.values():
+            _settle(pending.future, error=_shutting_down())
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[GenerationResult]]:
+        """Queue segments (or chats) for the workers; each future resolves to the result or raises."""
+        return [self._send(request, request.on_text) for request in requests]
+
+    def submit_alignments(self, requests: Sequence[AlignmentRequest]) -> list[Future[Alignment]]:
+        """Queue texts to time; a worker without an aligner answers None (the words are then estimated)."""
+        return [self._send(request, None) for request in requests]
+
+    def status(self) -> dict[str, Any]:
+        """The Engine's status() shape, summed over the live workers (the model runs there)."""
+        try:
+            workers = broker.live_workers(self._redis)
+            queued = broker.queued_segments(self._redis)
+            error = None
+        except broker.failures() as exc:  # /health reports the broker itself; this shape only has to stay whole
+            workers, queued, error = [], 0, f"the broker cannot be reached: {broker.error_message(exc)}"
+        models = [w["model"] for w in workers]
+        states = {m["state"] for m in models}
+        state = next((s for s in ("loaded", "loading") if s in states), None)
+        if state is None:
+            state = "error" if error or (models and states == {"error"}) else "unloaded"
+        if error is None and state == "error":
+            error = "; ".join(sorted({str(m["error"]) for m in models if m["error"]}))
+        device = next((m["device"] for m in models if m["state"] == "loaded" and m["device"]), None)
+        total = {name: sum(int(m[name]) for m in models) for name in _SUMMED}
+        return {
+            "state": state,
+            "error": error,
+            "device": device,
+            "idle_timeout": self._settings["idle_timeout"],
+            "seconds_until_unload": None,
+            "batch_size": self._settings["batch_size"],
+            "token_budget": self._settings["token_budget"],
+            **total,
+            "pending_segments": queued + total["pending_segments"],
+            "retry_load_in": None,
+        }
+
+    def aligner_status(self) -> dict[str, Any] | None:
+        """The workers' aligners: loaded if any is; None when no live worker has one."""
+        try:
+            aligners = [w["aligner"] for w in broker.live_workers(self._redis) if w.get("aligner")]
+        except broker.failures():  # the broker's state is /health's cluster section's to report
+            return None
+        if not aligners:
+            return None
+        states = {a["state"] for a in aligners}
+        state = next((s for s in ("loaded", "loading", "error") if s in states), "unloaded")
+        error = next((a["error"] for a in aligners if a["error"]), None)
+        return {"state": state, "error": error, "loads": sum(int(a["loads"]) for a in aligners)}
+
+    # The cluster's own figures -------------------------------------------------------------------------
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The broker, the live workers and the queue, for /health and /metrics."""
+        try:
+            self._redis.ping()
+            workers = broker.live_workers(self._redis)
+            queued = broker.queued_segments(self._redis)
+        except broker.failures() as exc:  # reported, never raised: /health must answer while Redis is down
+            return {
+                "broker": broker.redacted(self.broker_url),
+                "reachable": False,
+                "error": broker.error_message(exc),
+                "workers": [],
+                "queued_segments": None,
+                "waiting_segments": self._waiting(),
+                "resent_segments": self._resent,
+            }
+        return {
+            "broker": broker.redacted(self.broker_url),
+            "reachable": True,
+            "error": None,
+            "workers": workers,
+            "queued_segments": queued,
+            "waiting_segments": self._waiting(),
+            "resent_segments": self._resent,
+        }
+
+    def _waiting(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # Sending ------------------------------------------------------------------------------------------
+
+    def _send(
+        self, request: GenerationRequest | AlignmentRequest, on_text: Callable[[str], None] | None
+    ) -> Future[Any]:
+        if self._stopping.is_set():
+            raise _shutting_down()
+        self.start()
+        try:
+            meta, audio = broker.encode_request(request)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        meta["reply"] = self._reply
+        segment = uuid.uuid4().hex
+        future: Future[Any] = Future()
+        with self._lock:
+            self._pending[segment] = _Pending(future, on_text, self._clock())
+        try:
+            with broker.reachable("queuing a segment"):
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.hset(broker.key("seg", segment), mapping={"meta": json.dumps(meta), "audio": audio})
+                pipe.expire(broker.key("seg", segment), broker.SEGMENT_TTL)
+                pipe.execute()
+                self._queue(segment)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(segment, None)
+            raise
+        return future
+
+    def _queue(self, segment: str) -> None:
+        self._celery.send_task(broker.TASK, args=[segment], queue=broker.QUEUE)
+
+    # The reply thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        watched = self._clock()
+        while not self._stopping.is_set():
+            try:
+                item = self._redis.blpop([self._reply], timeout=WATCH_SECONDS)
+                if item is not None:
+                    self._on_reply(json.loads(item[1]))
+                if self._clock() - watched >= WATCH_SECONDS:
+                    watched = self._clock()
+                    self._watch()
+                failures = 0
+            except Exception:  # the broker went away: keep waiting for it, never die
+                failures += 1
+                if failures == 1:
+                    log.warning("reading replies from the broker failed; retrying", exc_info=True)
+                self._stopping.wait(min(5.0, 0.2 * 2**failures))
+                if self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+                    self._fail_waiting("the broker cannot be reached")
+
+    def _on_reply(self, message: dict[str, Any]) -> None:
+        segment = str(message.get("sid"))
+        with self._lock:
+            pending = self._pending.get(segment)
+        if pending is None:
+            return  # cancelled, or a second run's answer to a segment already settled
+        if "text" in message:
+            if pending.on_text is not None and pending.streaming:
+                try:
+                    pending.on_text(str(message["text"]))
+                except Exception:  # as Engine: a failing stream ends the stream, not the generation
+                    log.exception("streaming a segment's text failed; its streaming ends")
+                    pending.streaming = False
+            return
+        self._collect([segment])
+
+    def _collect(self, segments: list[str]) -> None:
+        """Settle the segments whose results are written, and clear their keys."""
+        found = self._redis.mget([broker.key("out", s) for s in segments])
+        done = [(s, raw) for s, raw in zip(segments, found, strict=True) if raw is not None]
+        if not done:
+            return
+        with self._lock:
+            settled = [(self._pending.pop(s, None), raw) for s, raw in done]
+        for pending, raw in settled:
+            if pending is None:
+                continue
+            try:
+                _settle(pending.future, result=broker.decode_result(raw))
+            except ServiceError as exc:
+                _settle(pending.future, error=exc)
+            except Exception as exc:  # a malformed answer fails its segment, not the thread
+                log.exception("a worker's answer could not be read")
+                _settle(pending.future, error=BrokerUnavailable(f"a worker's answer could not be read: {exc}"))
+        self._forget([s for s, _ in done])
+
+    def _forget(self, segments: list[str]) -> None:
+        keys = [broker.key(kind, s) for s in segments for kind in ("seg", "out", "taken")]
+        if keys:
+            self._redis.delete(*keys)
+
+    def _watch(self) -> None:
+        """Drop what nobody waits for, pick up answers whose reply was lost, resend what a dead worker held."""
+        with self._lock:
+            cancelled = [s for s, p in self._pending.items() if p.future.cancelled()]
+            for segment in cancelled:
+                del self._pending[segment]
+            segments = list(self._pending)
+        # A worker that finds no audio for a segment skips it: a cancelled segment costs no GPU time.
+        self._forget(cancelled)
+        alive = {w["id"] for w in broker.live_workers(self._redis)}
+        if alive:
+            self._worker_seen = self._clock()
+        if not segments:
+            return
+        self._collect(segments)
+        with self._lock:
+            segments = [s for s in segments if s in self._pending]
+        if not alive and self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+            self._fail_waiting("no worker is running")
+            return
+        holders = self._redis.mget([broker.key("taken", s) for s in segments])
+        for segment, holder in zip(segments, holders, strict=True):
+            if holder is not None and holder.decode() not in alive:
+                # Its worker died holding it: Redis would deliver it again only after the visibility timeout.
+                self._redis.delete(broker.key("taken", segment))
+                self._queue(segment)
+                with self._lock:
+                    if segment in self._pending:
+                        self._pending[segment].resent += 1
+                self._resent += 1
+                log.warning("worker %s stopped with segment %s in hand; sent again", holder.decode(), segment)
+
+    def _fail_waiting(self, why: str) -> None:
+        with self._lock:
+            waiting, self._pending = self._pending, {}
+        if waiting:
+            log.error("%s: failing %d waiting segment(s)", why, len(waiting))
+        error = BrokerUnavailable(f"{why}; start a worker (serve/worker.py) and send the request again", retry_after=10)
+        for pending in waiting.values():
+            _settle(pending.future, error=error)
+        self._forget(list(waiting))
+
+
+# Counts every worker reports in its engine's status(), summed for the cluster.
+_SUMMED = (
+    "loads",
+    "unloads",
+    "oom_batch_splits",
+    "max_tokens_stops",
+    "repetition_stops",
+    "pending_segments",
+)
+
+
+def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled by its request meanwhile
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("the service is shutting down; send the request again once it is back", retry_after=10)
