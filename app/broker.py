@@ -46,7 +46,7 @@ RESULT_TTL = 3600
 MAX_SEGMENT_BYTES = 10 * 1024**2
 # Errors a worker reports and a client raises again, by code; anything else is an inference failure.
 _REMOTE_ERRORS: dict[str, type[ServiceError]] = {
-    cls.code: cls for cls in (ModelUnavailable, OutOfMemory, InferenceFailed)
+    cls.code: cls for cls in (ModelUnavailable, BrokerUnavailable, OutOfMemory, InferenceFailed)
 }
 
 

@@ -51,9 +51,12 @@ class RemoteEngine:
         batch_size: int,
         token_budget: int,
         idle_timeout: float,
+        aligner: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker_url = broker_url
+        # Whether the workers time words (the cluster runs one configuration: the node's --aligner is theirs).
+        self._aligner = aligner
         self._redis = broker.connect(broker_url)
         self._celery = broker.celery_app(broker_url, visibility_timeout)
         # Answers for this process come on a list of its own; a restarted process starts a new one.
@@ -92,7 +95,14 @@ class RemoteEngine:
         return [self._send(request, request.on_text) for request in requests]
 
     def submit_alignments(self, requests: Sequence[AlignmentRequest]) -> list[Future[Alignment]]:
-        """Queue texts to time; a worker without an aligner answers None (the words are then estimated)."""
+        """Queue texts to time; each resolves to None at once with --aligner none (the words are then estimated),
+        as a worker without an aligner would answer."""
+        if not self._aligner:
+            futures: list[Future[Alignment]] = []
+            for _ in requests:
+                futures.append(Future())
+                futures[-1].set_result(None)
+            return futures
         return [self._send(request, None) for request in requests]
 
     def status(self) -> dict[str, Any]:
@@ -182,7 +192,6 @@ class RemoteEngine:
             meta, audio = broker.encode_request(request)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        meta["reply"] = self._reply
         segment = uuid.uuid4().hex
         future: Future[Any] = Future()
         with self._lock:
@@ -201,7 +210,8 @@ class RemoteEngine:
         return future
 
     def _queue(self, segment: str) -> None:
-        self._celery.send_task(broker.TASK, args=[segment], queue=broker.QUEUE)
+        # The reply list travels with the task: a worker that finds the segment's audio expired still answers.
+        self._celery.send_task(broker.TASK, args=[segment, self._reply], queue=broker.QUEUE)
 
     # The reply thread ---------------------------------------------------------------------------------
 

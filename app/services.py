@@ -146,6 +146,7 @@ def _cluster(settings: Settings) -> tuple[RemoteEngine, RedisJobStore]:
         batch_size=settings.batch_size,
         token_budget=settings.token_budget,
         idle_timeout=settings.idle_timeout,
+        aligner=settings.aligner_enabled,
     )
     store = RedisJobStore(
         connect(settings.broker_url),

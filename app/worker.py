@@ -20,7 +20,7 @@ from typing import Any
 from app import broker
 from app.backends import AlignmentRequest, GenerationRequest
 from app.engine import Engine
-from app.errors import ServiceError, ShuttingDown
+from app.errors import BrokerUnavailable, ServiceError, ShuttingDown
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # After the first segment of a batch arrives, the engine waits this long for the pool's other threads to hand
 # it theirs: a task's thread takes a few milliseconds from Redis to the engine.
-GATHER_SECONDS = 0.05
+GATHER_SECONDS = 0.02
 # A result that cannot be written (Redis is restarting) is tried again for this long before it is dropped;
 # the segment's client then times it out, and Redis delivers the task again.
 PUBLISH_SECONDS = 300.0
@@ -51,26 +51,23 @@ class SegmentWorker:
 
     # Tasks --------------------------------------------------------------------------------------------
 
-    def run(self, segment: str) -> None:
-        """Run one segment task; ShuttingDown is raised for Celery to give the task back."""
+    def run(self, segment: str, reply: str) -> None:
+        """Run one segment task and answer on reply; ShuttingDown is raised for Celery to give the task back."""
         r = self.redis
         r.set(broker.key("taken", segment), self.id, ex=int(self.settings.visibility_timeout))
         if r.exists(broker.key("out", segment)):
             # Ran before (its worker died after writing, or the task was delivered twice): announce it again.
-            meta = r.hget(broker.key("seg", segment), "meta")
-            if meta is not None:
-                self._announce(segment, json.loads(meta)["reply"])
+            self._announce(segment, reply)
             return
         stored = r.hgetall(broker.key("seg", segment))
         if not stored:
-            return  # its client gave up on it (or it expired): nothing to do
-        try:
-            meta = json.loads(stored[b"meta"])
-            reply = str(meta["reply"])
-        except (KeyError, ValueError):  # not written by this service: nobody to answer
-            log.error("segment %s is malformed; skipped", segment)
+            # Its client gave up on it (no one reads this answer), or it waited in the queue past its time to
+            # live: the client's request fails (a job goes back to its queue) rather than wait for ever.
+            gone = BrokerUnavailable("the segment's audio expired before a worker took it", retry_after=10)
+            self._publish(segment, reply, broker.encode_error(gone))
             return
         try:
+            meta = json.loads(stored[b"meta"])
             request = broker.decode_request(meta, stored.get(b"audio", b""))
             if isinstance(request, AlignmentRequest):
                 body = broker.encode_result(self.engine.submit_alignments([request])[0].result())
@@ -206,9 +203,9 @@ def serve(settings: Settings, *, loglevel: str = "INFO") -> None:
     app = broker.celery_app(settings.broker_url, settings.visibility_timeout)
 
     @app.task(name=broker.TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def segment(segment_id: str) -> None:
+    def segment(segment_id: str, reply: str) -> None:
         try:
-            worker.run(segment_id)
+            worker.run(segment_id, reply)
         except ShuttingDown:
             # This worker is stopping: the segment goes back to the queue for another.
             raise Reject("the worker is stopping", requeue=True) from None

@@ -254,3 +254,15 @@ def test_variant_override_gets_its_own_defaults() -> None:
     """A variant given as an override (the CLI's --variant) still supplies checkpoint and segment length."""
     settings = Settings.from_env({}, variant="captioner")
     assert settings.checkpoint_path == VARIANTS["captioner"].checkpoint and settings.segment_duration == 30.0
+
+
+def test_cluster_settings_are_checked() -> None:
+    """--broker takes only a Redis URL; the visibility timeout cannot be shorter than a task."""
+    assert Settings(broker_url="redis://127.0.0.1:6379/0").clustered
+    assert not Settings().clustered
+    with pytest.raises(ValueError, match="broker_url must be a Redis URL"):
+        Settings(broker_url="amqp://guest@localhost//")
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        Settings(visibility_timeout=5)
+    # A password in the URL stays out of the settings' repr (and so out of logs).
+    assert "secret" not in repr(Settings(broker_url="redis://:secret@host/0"))
