@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
+from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage
 
 from app.checkpoints import missing
@@ -29,6 +31,8 @@ from app.services import current_services
 from app.tracing import current_id
 from app.transcript import Transcript
 from app.uploads import client_check, form_options, keep_file, local_path, uploaded_file
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
@@ -113,14 +117,18 @@ def _cluster_health(engine: Inference, problems: list[str]) -> shapes.ClusterHea
         problems.append(f"the broker cannot be reached: {found['error']}")
     elif not found["workers"]:
         problems.append("no worker is running: start serve/worker.py (one per GPU) against this broker")
-    workers = [
-        shapes.WorkerHealth(
-            **{name: worker[name] for name in shapes.WorkerHealth.model_fields if name in worker},
-            model_state=worker["model"]["state"],
-            model_error=worker["model"]["error"],
-        )
-        for worker in found["workers"]
-    ]
+    workers = []
+    for worker in found["workers"]:
+        try:
+            workers.append(
+                shapes.WorkerHealth(
+                    **{name: worker[name] for name in shapes.WorkerHealth.model_fields if name in worker},
+                    model_state=worker["model"]["state"],
+                    model_error=worker["model"].get("error"),
+                )
+            )
+        except ValidationError:  # a worker of another version: listed in the log, not here
+            log.warning("worker %s's heartbeat does not fit /health; it is left out", worker.get("id"))
     return shapes.ClusterHealth(**{**found, "workers": workers})
 
 

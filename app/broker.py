@@ -221,8 +221,14 @@ def live_workers(client: Any) -> list[dict[str, Any]]:
         if raw is None:
             gone.append(worker)
             continue
-        entry = json.loads(raw)
-        entry["seconds_since_seen"] = round(max(0.0, time.time() - float(entry["seen"])), 1)
+        try:
+            entry = json.loads(raw)
+            entry["seconds_since_seen"] = round(max(0.0, time.time() - float(entry["seen"])), 1)
+            if not isinstance(entry["model"], dict) or "state" not in entry["model"]:
+                raise KeyError("model")
+        except (ValueError, KeyError, TypeError):  # a heartbeat this version cannot read (another version)
+            log.warning("worker %s's heartbeat cannot be read; it is left out", worker)
+            continue
         workers.append(entry)
     if gone:
         # The heartbeat expired: the worker is gone. Keeping the set small keeps /health cheap.

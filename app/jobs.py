@@ -87,6 +87,8 @@ class Job:
     name: str | None = None
     # The X-Request-ID of the request that submitted it: its run logs under the same id.
     request_id: str | None = None
+    # A shared store's token for this run (cluster mode): only writes naming it reach the job. None in SQLite.
+    claim: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -117,13 +119,13 @@ class Store(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job_id: str) -> int | None: ...
     def claim_next(self) -> Job | None: ...
-    def renew(self, job_id: str) -> bool: ...
+    def renew(self, job_id: str, claim: str | None = None) -> bool: ...
     def reclaim(self) -> list[str]: ...
-    def set_progress(self, job_id: str, done: int, total: int) -> None: ...
-    def set_output_file(self, job_id: str, output_file: str) -> None: ...
-    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool: ...
-    def fail(self, job_id: str, error: str) -> None: ...
-    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None: ...
+    def set_progress(self, job_id: str, done: int, total: int, claim: str | None = None) -> None: ...
+    def set_output_file(self, job_id: str, output_file: str, claim: str | None = None) -> None: ...
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str, claim: str | None = None) -> bool: ...
+    def fail(self, job_id: str, error: str, claim: str | None = None) -> None: ...
+    def requeue(self, job_id: str, *, count_attempt: bool = True, claim: str | None = None) -> None: ...
     def cancel(self, job_id: str) -> str | None: ...
     def delete(self, job_id: str) -> Job | None: ...
     def finished_before(self, cutoff: str) -> list[str]: ...
@@ -230,7 +232,7 @@ class JobStore:
             db.execute("COMMIT")
         return self.get(row["id"])
 
-    def renew(self, job_id: str) -> bool:
+    def renew(self, job_id: str, claim: str | None = None) -> bool:
         """Claims here hold without a lease (see lease_seconds)."""
         return True
 
@@ -242,20 +244,20 @@ class JobStore:
         """A job's audio is only ever where its upload was kept: nothing is stored elsewhere."""
         return False
 
-    def set_progress(self, job_id: str, done: int, total: int) -> None:
-        """Record how many segments are finished."""
+    def set_progress(self, job_id: str, done: int, total: int, claim: str | None = None) -> None:
+        """Record how many segments are finished (one process: no claim to check)."""
         with self._connect() as db:
             db.execute(
                 f"UPDATE jobs SET segments_done = ?, segments_total = ? WHERE id = ? AND status = '{_PROCESSING}'",
                 (done, total, job_id),
             )
 
-    def set_output_file(self, job_id: str, output_file: str) -> None:
+    def set_output_file(self, job_id: str, output_file: str, claim: str | None = None) -> None:
         """Record the output name reserved for a running job, so a rerun after a crash reuses it."""
         with self._connect() as db:
             db.execute("UPDATE jobs SET output_file = ? WHERE id = ?", (output_file, job_id))
 
-    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool:
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str, claim: str | None = None) -> bool:
         """Mark a running job done with its result; False if it is no longer running (cancelled meanwhile)."""
         with self._connect() as db:
             cursor = db.execute(
@@ -265,7 +267,7 @@ class JobStore:
             )
         return cursor.rowcount == 1
 
-    def fail(self, job_id: str, error: str) -> None:
+    def fail(self, job_id: str, error: str, claim: str | None = None) -> None:
         """Mark a running job failed with the reason (a cancelled one stays cancelled)."""
         with self._connect() as db:
             db.execute(
@@ -274,7 +276,7 @@ class JobStore:
                 (now_iso(), error, job_id),
             )
 
-    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None:
+    def requeue(self, job_id: str, *, count_attempt: bool = True, claim: str | None = None) -> None:
         """Put a running job back in the queue (its run was interrupted, not failed); the attempt may be uncounted."""
         with self._connect() as db:
             db.execute(
@@ -400,7 +402,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._cancelled: set[str] = set()
         # Jobs a runner thread is working on now (a cancelled one stays here until its run has stopped).
-        self._running: set[str] = set()
+        self._running: dict[str, str | None] = {}
         # No claims before this time (time.monotonic()): the model is in a load backoff.
         self._paused_until = 0.0
         # The last storage failure a runner met (message), cleared by the next successful write; for /health.
@@ -445,10 +447,10 @@ class JobRunner:
         swept = time.monotonic()
         while not self._stopped.wait(interval):
             with self._wake:
-                running = list(self._running - self._cancelled)
+                running = [(job_id, claim) for job_id, claim in self._running.items() if job_id not in self._cancelled]
             try:
-                for job_id in running:
-                    if not self.store.renew(job_id):
+                for job_id, claim in running:
+                    if not self.store.renew(job_id, claim):
                         log.info("job %s is no longer this node's to run (cancelled or taken back)", job_id)
                         with self._wake:
                             self._cancelled.add(job_id)
@@ -484,7 +486,10 @@ class JobRunner:
         previous = self.store.cancel(job_id)
         if previous == JobState.PROCESSING:
             with self._wake:
-                self._cancelled.add(job_id)
+                # Running here: it stops at its next segment. Running on another node (cluster mode), that node
+                # finds out when it renews its lease.
+                if job_id in self._running:
+                    self._cancelled.add(job_id)
         elif previous == JobState.QUEUED:
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         return previous
@@ -597,13 +602,13 @@ class JobRunner:
             if self._stopping:
                 raise JobInterrupted(job_id)
 
-    def _progress(self, job_id: str, done: int, total: int) -> None:
-        self._check(job_id)
-        self.store.set_progress(job_id, done, total)
+    def _progress(self, job: Job, done: int, total: int) -> None:
+        self._check(job.id)
+        self.store.set_progress(job.id, done, total, job.claim)
 
     def _execute(self, job: Job) -> None:
         with self._wake:
-            self._running.add(job.id)
+            self._running[job.id] = job.claim
         try:
             # The run's log lines (and the audio it decodes) belong to the request that submitted the job.
             with working_for(job.request_id):
@@ -611,7 +616,7 @@ class JobRunner:
         finally:
             with self._wake:
                 self._cancelled.discard(job.id)
-                self._running.discard(job.id)
+                self._running.pop(job.id, None)
         if finished:
             # Once the job has ended its audio is no longer needed (a requeued job keeps it for its next run).
             shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
@@ -628,7 +633,7 @@ class JobRunner:
             transcript = self.pipeline.transcribe(
                 audio,
                 job.options,
-                on_progress=lambda done, total: self._progress(job.id, done, total),
+                on_progress=lambda done, total: self._progress(job, done, total),
                 check=lambda: self._check(job.id),
                 # The upload route probed the file before queuing it.
                 probed=True,
@@ -639,7 +644,7 @@ class JobRunner:
             # A rerun after a crash rewrites the name its first attempt reserved: one output per job, ever.
             output_file = job.output_file or reserve_output(self.outputs_dir)
             if job.output_file is None:
-                self.store.set_output_file(job.id, output_file)
+                self.store.set_output_file(job.id, output_file, job.claim)
             write_reserved(self.outputs_dir, output_file, text + "\n")
         except JobCancelled:
             log.info("job %s cancelled while running", job.id)
@@ -671,7 +676,7 @@ class JobRunner:
         result = TranscriptResult.of(transcript, words=True).body()
 
         def complete() -> bool:
-            if not self.store.complete(job.id, result, output_file):
+            if not self.store.complete(job.id, result, output_file, job.claim):
                 # Cancelled in the moment between its last segment and now: it leaves nothing behind.
                 (self.outputs_dir / output_file).unlink(missing_ok=True)
             return True
@@ -679,15 +684,15 @@ class JobRunner:
         return complete
 
     def _fail(self, job: Job, message: str) -> bool:
-        self.store.fail(job.id, message)
+        self.store.fail(job.id, message, job.claim)
         return True
 
     def _requeue(self, job: Job, *, count_attempt: bool, reason: str = "") -> bool:
         """Back to the queue; a job interrupted MAX_ATTEMPTS times by faults is failed instead (True)."""
         if count_attempt and job.attempts >= MAX_ATTEMPTS:
-            self.store.fail(job.id, f"it was interrupted {job.attempts} times; the last time {reason}")
+            self.store.fail(job.id, f"it was interrupted {job.attempts} times; the last time {reason}", job.claim)
             return True
-        self.store.requeue(job.id, count_attempt=count_attempt)
+        self.store.requeue(job.id, count_attempt=count_attempt, claim=job.claim)
         self.notify()
         return False
 

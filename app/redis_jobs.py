@@ -46,8 +46,16 @@ redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], seq, ARGV[2])
 return 1
 """
-# KEYS: queued, processing; ARGV: started_at, lease deadline, token, node, job key prefix
-_CLAIM = """
+# Lease deadlines are Redis' own clock (TIME), so nodes whose clocks disagree cannot take each other's jobs.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+"""
+# KEYS: queued, processing; ARGV: started_at, lease seconds, token, node, job key prefix. Returns the claimed
+# job's fields (in the same call, so a claim is never made without the job reaching its runner).
+_CLAIM = (
+    _NOW
+    + """
 while true do
   local popped = redis.call('ZPOPMIN', KEYS[1])
   if #popped == 0 then return false end
@@ -56,11 +64,12 @@ while true do
     redis.call('HSET', job, 'status', 'processing', 'started_at', ARGV[1], 'segments_done', 0,
                'claim', ARGV[3], 'node', ARGV[4])
     redis.call('HINCRBY', job, 'attempts', 1)
-    redis.call('ZADD', KEYS[2], ARGV[2], popped[1])
-    return popped[1]
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), popped[1])
+    return redis.call('HGETALL', job)
   end
 end
 """
+)
 # The job is still processing under this claim (an empty token: whoever holds it).
 _HELD = """
 local function held(job, token)
@@ -68,12 +77,13 @@ local function held(job, token)
   return token == '' or redis.call('HGET', job, 'claim') == token
 end
 """
-# KEYS: job, processing; ARGV: token, deadline, id
+# KEYS: job, processing; ARGV: token, lease seconds, id
 _RENEW = (
     _HELD
+    + _NOW
     + """
 if not held(KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[2]), ARGV[3])
 return 1
 """
 )
@@ -114,6 +124,30 @@ redis.call('HDEL', KEYS[1], 'claim')
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'seq'), ARGV[2])
 return 1
+"""
+)
+# Taking back a job whose node stopped: KEYS: job, processing, queued, failed, audio; ARGV: id, node ('' for any),
+# max attempts, completed_at, score, expiry seconds, reason. Only a lease that ran out (by Redis' clock) or a
+# job of the given node (started again) is taken; checked here, so a renewal cannot slip in between.
+# Returns 'requeued', 'failed' or false.
+_TAKE_BACK = (
+    _NOW
+    + """
+local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not deadline or redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return false end
+if tonumber(deadline) > now and redis.call('HGET', KEYS[1], 'node') ~= ARGV[2] then return false end
+redis.call('HDEL', KEYS[1], 'claim')
+redis.call('ZREM', KEYS[2], ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0) >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'completed_at', ARGV[4], 'error', ARGV[7])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+  return 'failed'
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'segments_done', 0)
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+return 'requeued'
 """
 )
 # KEYS: job, queued, processing, cancelled, audio; ARGV: completed_at, score, id, expiry seconds
@@ -167,8 +201,6 @@ class RedisJobStore:
         self.node = node
         self._expiry = int(retention_seconds + EXPIRY_MARGIN) if retention_seconds > 0 else 0
         self._max_audio_seconds = max_audio_seconds
-        # The claims this node holds: the token each claim was made with.
-        self._claims: dict[str, str] = {}
         self._scripts = {
             name: client.register_script(body)
             for name, body in (
@@ -178,6 +210,7 @@ class RedisJobStore:
                 ("update", _UPDATE),
                 ("finish", _FINISH),
                 ("requeue", _REQUEUE),
+                ("take_back", _TAKE_BACK),
                 ("cancel", _CANCEL),
                 ("delete", _DELETE),
             )
@@ -216,13 +249,17 @@ class RedisJobStore:
     ) -> None:
         """Store the audio (as FLAC) and a queued job; QueueFull if max_queued are waiting."""
         compacted = audio_path.with_name(audio_path.name + ".flac")
+        stored = self._audio(job_id)
         try:
             audio.compact(audio_path, compacted, self._max_audio_seconds)
             with broker.reachable("storing the job's audio"), compacted.open("rb") as source:
-                self._redis.delete(self._audio(job_id))
+                self._redis.delete(stored)
                 while chunk := source.read(CHUNK_BYTES):
-                    self._redis.rpush(self._audio(job_id), chunk)
-                self._redis.expire(self._audio(job_id), AUDIO_TTL)
+                    # Each piece with the time to live: audio stored by a node killed halfway still expires.
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.rpush(stored, chunk)
+                    pipe.expire(stored, AUDIO_TTL)
+                    pipe.execute()
         finally:
             compacted.unlink(missing_ok=True)
         fields: dict[str, Any] = {
@@ -239,14 +276,19 @@ class RedisJobStore:
             "request_id": request_id,
         }
         flat = [item for pair in fields.items() if pair[1] is not None for item in pair]
-        created = self._run(
-            "create",
-            [self._job(job_id), self._state(_QUEUED), broker.key("jobs", "seq")],
-            [-1 if max_queued is None else max_queued, job_id, *flat],
-        )
+        try:
+            created = self._run(
+                "create",
+                [self._job(job_id), self._state(_QUEUED), broker.key("jobs", "seq")],
+                [-1 if max_queued is None else max_queued, job_id, *flat],
+            )
+        except BaseException:
+            with suppress(Exception):
+                self._redis.delete(stored)
+            raise
         if not created:
             with broker.reachable("the job store"):
-                self._redis.delete(self._audio(job_id))
+                self._redis.delete(stored)
             raise QueueFull(f"{max_queued} jobs are already queued; try again later", retry_after=60)
 
     def get(self, job_id: str) -> Job | None:
@@ -262,77 +304,60 @@ class RedisJobStore:
         return None if rank is None else int(rank) + 1
 
     def claim_next(self) -> Job | None:
-        """Atomically move the oldest queued job to processing, under a lease held by this node."""
-        token = uuid.uuid4().hex
-        found = self._run(
+        """Atomically move the oldest queued job to processing under a lease held by this node; the Job carries
+        the claim, which every later write for this run names."""
+        row = self._run(
             "claim",
             [self._state(_QUEUED), self._state(_PROCESSING)],
-            [now_iso(), time.time() + LEASE_SECONDS, token, self.node, broker.key("job", "")],
+            [now_iso(), LEASE_SECONDS, uuid.uuid4().hex, self.node, broker.key("job", "")],
         )
-        if not found:
-            return None
-        job_id = found.decode()
-        self._claims[job_id] = token
-        return self.get(job_id)
+        return _job(dict(zip(row[::2], row[1::2], strict=True))) if row else None
 
-    def renew(self, job_id: str) -> bool:
-        """Extend this node's lease on a running job; False once it no longer holds it (cancelled, taken back)."""
-        token = self._claims.get(job_id)
-        if token is None:
+    def renew(self, job_id: str, claim: str | None = None) -> bool:
+        """Extend the lease of this claim; False once it no longer holds the job (cancelled, taken back)."""
+        if claim is None:
             return False
-        args = [token, time.time() + LEASE_SECONDS, job_id]
-        return bool(self._run("renew", [self._job(job_id), self._state(_PROCESSING)], args))
+        return bool(self._run("renew", [self._job(job_id), self._state(_PROCESSING)], [claim, LEASE_SECONDS, job_id]))
 
-    def set_progress(self, job_id: str, done: int, total: int) -> None:
-        """Record how many segments are finished (only while this node holds the job)."""
-        self._update(job_id, segments_done=done, segments_total=total)
+    def set_progress(self, job_id: str, done: int, total: int, claim: str | None = None) -> None:
+        """Record how many segments are finished (only while the claim holds the job)."""
+        self._update(job_id, claim, segments_done=done, segments_total=total)
 
-    def set_output_file(self, job_id: str, output_file: str) -> None:
+    def set_output_file(self, job_id: str, output_file: str, claim: str | None = None) -> None:
         """Record the output name reserved for the running job."""
-        self._update(job_id, output_file=output_file)
+        self._update(job_id, claim, output_file=output_file)
 
-    def _update(self, job_id: str, **fields: Any) -> None:
-        token = self._claims.get(job_id)
-        if token is not None:
+    def _update(self, job_id: str, claim: str | None, **fields: Any) -> None:
+        if claim is not None:
             flat = [item for pair in fields.items() for item in pair]
-            self._run("update", [self._job(job_id)], [token, *flat])
+            self._run("update", [self._job(job_id)], [claim, *flat])
 
-    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool:
-        """Mark the job done with its result; False if this node no longer holds it (cancelled, taken back)."""
-        return self._finish(
-            job_id,
-            self._claims.get(job_id),
-            JobState.COMPLETED.value,
-            result=json.dumps(result),
-            output_file=output_file,
-        )
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str, claim: str | None = None) -> bool:
+        """Mark the job done with its result; False if the claim no longer holds it (cancelled, taken back)."""
+        fields = {"result": json.dumps(result), "output_file": output_file}
+        return self._finish(job_id, claim, JobState.COMPLETED.value, **fields)
 
-    def fail(self, job_id: str, error: str) -> None:
+    def fail(self, job_id: str, error: str, claim: str | None = None) -> None:
         """Mark the job failed with the reason (a cancelled one stays cancelled)."""
-        self._finish(job_id, self._claims.get(job_id), JobState.FAILED.value, error=error)
+        self._finish(job_id, claim, JobState.FAILED.value, error=error)
 
-    def _finish(self, job_id: str, token: str | None, state: str, **fields: Any) -> bool:
-        if token is None:
+    def _finish(self, job_id: str, claim: str | None, state: str, **fields: Any) -> bool:
+        if claim is None:
             return False
         flat = [item for pair in {"status": state, "completed_at": now_iso(), **fields}.items() for item in pair]
-        done = self._run(
-            "finish",
-            [self._job(job_id), self._state(_PROCESSING), self._state(state), self._audio(job_id)],
-            [token, job_id, time.time(), self._expiry, *flat],
+        return bool(
+            self._run(
+                "finish",
+                [self._job(job_id), self._state(_PROCESSING), self._state(state), self._audio(job_id)],
+                [claim, job_id, time.time(), self._expiry, *flat],
+            )
         )
-        self._claims.pop(job_id, None)
-        return bool(done)
 
-    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None:
+    def requeue(self, job_id: str, *, count_attempt: bool = True, claim: str | None = None) -> None:
         """Put the running job back in its place in the queue; the attempt may be uncounted."""
-        token = self._claims.get(job_id)
-        if token is not None:
-            self._requeue(job_id, token, 0 if count_attempt else 1)
-            self._claims.pop(job_id, None)
-
-    def _requeue(self, job_id: str, token: str, give_back: int) -> bool:
-        keys = [self._job(job_id), self._state(_PROCESSING), self._state(_QUEUED)]
-        return bool(self._run("requeue", keys, [token, job_id, give_back]))
+        if claim is not None:
+            keys = [self._job(job_id), self._state(_PROCESSING), self._state(_QUEUED)]
+            self._run("requeue", keys, [claim, job_id, 0 if count_attempt else 1])
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had, or None if it had already finished."""
@@ -364,37 +389,41 @@ class RedisJobStore:
         return [member.decode() for members in found for member in members]
 
     def recover(self) -> list[str]:
-        """Requeue jobs whose lease ran out (at start, also those this node held), failing them after MAX_ATTEMPTS."""
+        """At start: take back this node's own jobs (it died running them) and any whose lease ran out."""
         return self._take_back(own=True)
 
     def reclaim(self) -> list[str]:
-        """Requeue the jobs of nodes that stopped renewing their leases (called every few seconds)."""
+        """Take back the jobs of nodes that stopped renewing their leases (called every few seconds)."""
         return self._take_back(own=False)
 
     def _take_back(self, *, own: bool) -> list[str]:
+        """Requeue the jobs found (failing those interrupted MAX_ATTEMPTS times); the ids requeued."""
         with broker.reachable("the job store"):
             if own:
-                candidates = [m.decode() for m in self._redis.zrange(self._state(_PROCESSING), 0, -1)]
+                candidates = self._redis.zrange(self._state(_PROCESSING), 0, -1)
             else:
-                expired = self._redis.zrangebyscore(self._state(_PROCESSING), "-inf", time.time())
-                candidates = [m.decode() for m in expired]
+                candidates = self._redis.zrangebyscore(self._state(_PROCESSING), "-inf", self._now())
         requeued = []
-        for job_id in candidates:
-            with broker.reachable("the job store"):
-                row = self._redis.hmget(self._job(job_id), ["claim", "node", "attempts"])
-            claim, node, attempts = (None if v is None else v.decode() for v in row)
-            if claim is None or job_id in self._claims:
-                continue  # finished meanwhile, or this node's own live run
-            if own and node != self.node:
-                score = self._redis.zscore(self._state(_PROCESSING), job_id)
-                if score is None or score > time.time():
-                    continue  # another node's, still renewed
-            if int(attempts or 0) >= MAX_ATTEMPTS:
-                reason = f"the service stopped while running this job {attempts} times"
-                self._finish(job_id, claim, JobState.FAILED.value, error=reason)
-            elif self._requeue(job_id, claim, 0):
+        for member in candidates:
+            job_id = member.decode()
+            keys = [
+                self._job(job_id),
+                self._state(_PROCESSING),
+                self._state(_QUEUED),
+                self._state(JobState.FAILED.value),
+                self._audio(job_id),
+            ]
+            reason = f"the service stopped while running this job {MAX_ATTEMPTS} times"
+            args = [job_id, self.node if own else "", MAX_ATTEMPTS, now_iso(), time.time(), self._expiry, reason]
+            if self._run("take_back", keys, args) == b"requeued":
                 requeued.append(job_id)
         return requeued
+
+    def _now(self) -> float:
+        """Redis' clock, which the leases are measured by."""
+        with broker.reachable("the job store"):
+            seconds, micros = self._redis.time()
+        return float(seconds) + float(micros) / 1e6
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per status."""
@@ -448,4 +477,5 @@ def _job(row: dict[bytes, bytes]) -> Job:
         owner=data.get("owner"),
         name=data.get("name"),
         request_id=data.get("request_id"),
+        claim=data.get("claim"),
     )

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app import broker
@@ -35,9 +35,35 @@ class _Pending:
     future: Future[Any]
     on_text: Callable[[str], None] | None
     sent: float
-    # Times it was sent again after its worker died.
-    resent: int = 0
-    streaming: bool = field(default=True)
+    streaming: bool = True
+    # The text streamed so far, and the worker whose run it comes from.
+    streamed: str = ""
+    source: str | None = None
+    # A run sent again (its worker died) streams from the start: its text so far, until it passes `streamed`.
+    rerun: str = ""
+    rerun_source: str | None = None
+
+    def fresh(self, piece: str, by: str) -> str:
+        """What of a streamed piece is new to the client: a second run repeats the first run's text, and that
+        repeat is dropped; a second run that diverges (sampling) ends the stream, as Engine's retries do."""
+        if self.source is None:
+            self.source = by
+        if by == self.source:
+            self.streamed += piece
+            return piece
+        if by != self.rerun_source:
+            self.rerun_source, self.rerun = by, ""
+        self.rerun += piece
+        if not (self.rerun.startswith(self.streamed) or self.streamed.startswith(self.rerun)):
+            if self.streaming:
+                log.warning("a segment sent again streams other text than its first run; its streaming ends")
+            self.streaming = False
+            return ""
+        if len(self.rerun) <= len(self.streamed):
+            return ""
+        new = self.rerun[len(self.streamed) :]
+        self.source, self.streamed = by, self.rerun
+        return new
 
 
 class RemoteEngine:
@@ -70,13 +96,19 @@ class RemoteEngine:
         self._resent = 0
         # When a live worker was last seen (the watch thread looks every WATCH_SECONDS).
         self._worker_seen = clock()
+        # No segment is resent before this: after the broker comes back, the workers' heartbeats need a moment.
+        self._grace_until = 0.0
+        # Deletes a worker's mark on a segment only if it is still that worker's (one atomic step).
+        self._release = self._redis.register_script(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        )
 
     # The Engine's interface ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread that reads this process's replies (once)."""
+        """Start the thread that reads this process's replies (again, should it ever have ended)."""
         with self._lock:
-            if self._thread is None:
+            if not self._stopping.is_set() and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._run, name="broker-replies", daemon=True)
                 self._thread.start()
 
@@ -87,6 +119,11 @@ class RemoteEngine:
             waiting, self._pending = self._pending, {}
         for pending in waiting.values():
             _settle(pending.future, error=_shutting_down())
+        try:
+            # Workers skip what is forgotten: a stopped node's segments take no GPU time from the next one's.
+            self._forget(list(waiting))
+        except broker.failures():
+            log.warning("could not clear %d segment(s) from the broker at shutdown", len(waiting))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -216,24 +253,32 @@ class RemoteEngine:
     # The reply thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
+        down_since: float | None = None
         watched = self._clock()
         while not self._stopping.is_set():
             try:
                 item = self._redis.blpop([self._reply], timeout=WATCH_SECONDS)
+                if down_since is not None:
+                    log.info("the broker is back")
+                    # Heartbeats lapsed while it was down: give the workers time to beat again before
+                    # taking their silence for death.
+                    down_since, self._worker_seen = None, self._clock()
+                    self._grace_until = self._clock() + broker.WORKER_TTL
                 if item is not None:
                     self._on_reply(json.loads(item[1]))
                 if self._clock() - watched >= WATCH_SECONDS:
                     watched = self._clock()
                     self._watch()
-                failures = 0
-            except Exception:  # the broker went away: keep waiting for it, never die
-                failures += 1
-                if failures == 1:
+            except broker.failures():  # the broker went away: keep waiting for it, never die
+                if down_since is None:
+                    down_since = self._clock()
                     log.warning("reading replies from the broker failed; retrying", exc_info=True)
-                self._stopping.wait(min(5.0, 0.2 * 2**failures))
-                if self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+                self._stopping.wait(min(5.0, 0.2 + self._clock() - down_since))
+                if self._clock() - down_since > NO_WORKER_SECONDS:
                     self._fail_waiting("the broker cannot be reached")
+            except Exception:  # a bug must not end the thread every request on this node waits on
+                log.exception("handling a reply failed")
+                self._stopping.wait(0.5)
 
     def _on_reply(self, message: dict[str, Any]) -> None:
         segment = str(message.get("sid"))
@@ -242,9 +287,10 @@ class RemoteEngine:
         if pending is None:
             return  # cancelled, or a second run's answer to a segment already settled
         if "text" in message:
-            if pending.on_text is not None and pending.streaming:
+            piece = pending.fresh(str(message["text"]), str(message.get("by")))
+            if piece and pending.on_text is not None and pending.streaming:
                 try:
-                    pending.on_text(str(message["text"]))
+                    pending.on_text(piece)
                 except Exception:  # as Engine: a failing stream ends the stream, not the generation
                     log.exception("streaming a segment's text failed; its streaming ends")
                     pending.streaming = False
@@ -272,6 +318,7 @@ class RemoteEngine:
         self._forget([s for s, _ in done])
 
     def _forget(self, segments: list[str]) -> None:
+        """Delete what the segments left in Redis; a worker that then receives one finds no audio and skips it."""
         keys = [broker.key(kind, s) for s in segments for kind in ("seg", "out", "taken")]
         if keys:
             self._redis.delete(*keys)
@@ -283,40 +330,47 @@ class RemoteEngine:
             for segment in cancelled:
                 del self._pending[segment]
             segments = list(self._pending)
-        # A worker that finds no audio for a segment skips it: a cancelled segment costs no GPU time.
         self._forget(cancelled)
         alive = {w["id"] for w in broker.live_workers(self._redis)}
         if alive:
             self._worker_seen = self._clock()
         if not segments:
             return
-        self._collect(segments)
-        with self._lock:
-            segments = [s for s in segments if s in self._pending]
+        if not self._redis.llen(self._reply):
+            # Every reply so far is read, so a result found now has no streamed text still waiting behind it.
+            self._collect(segments)
+            with self._lock:
+                segments = [s for s in segments if s in self._pending]
         if not alive and self._clock() - self._worker_seen > NO_WORKER_SECONDS:
             self._fail_waiting("no worker is running")
+            return
+        if self._clock() < self._grace_until:
             return
         holders = self._redis.mget([broker.key("taken", s) for s in segments])
         for segment, holder in zip(segments, holders, strict=True):
             if holder is not None and holder.decode() not in alive:
                 # Its worker died holding it: Redis would deliver it again only after the visibility timeout.
-                self._redis.delete(broker.key("taken", segment))
+                # Queued first, then the dead worker's mark cleared (only if it is still that worker's), so a
+                # failed send is tried again at the next watch.
                 self._queue(segment)
-                with self._lock:
-                    if segment in self._pending:
-                        self._pending[segment].resent += 1
+                self._release(keys=[broker.key("taken", segment)], args=[holder])
                 self._resent += 1
                 log.warning("worker %s stopped with segment %s in hand; sent again", holder.decode(), segment)
 
     def _fail_waiting(self, why: str) -> None:
+        """Fail everything this node waits on (503: a job goes back to its queue); never raises."""
         with self._lock:
             waiting, self._pending = self._pending, {}
-        if waiting:
-            log.error("%s: failing %d waiting segment(s)", why, len(waiting))
-        error = BrokerUnavailable(f"{why}; start a worker (serve/worker.py) and send the request again", retry_after=10)
+        if not waiting:
+            return
+        log.error("%s: failing %d waiting segment(s)", why, len(waiting))
+        error = BrokerUnavailable(f"{why}; send the request again once a worker is running", retry_after=10)
         for pending in waiting.values():
             _settle(pending.future, error=error)
-        self._forget(list(waiting))
+        try:
+            self._forget(list(waiting))
+        except broker.failures():  # Redis is down: what they left expires
+            log.warning("could not clear %d failed segment(s) from the broker", len(waiting))
 
 
 # Counts every worker reports in its engine's status(), summed for the cluster.

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 # After the first segment of a batch arrives, the engine waits this long for the pool's other threads to hand
 # it theirs: a task's thread takes a few milliseconds from Redis to the engine.
 GATHER_SECONDS = 0.02
-# A result that cannot be written (Redis is restarting) is tried again for this long before it is dropped;
-# the segment's client then times it out, and Redis delivers the task again.
+# A result that cannot be written (Redis is restarting) is tried again for this long; then the task is given
+# back to the queue (or, Redis still down, left unacknowledged for Redis to deliver again).
 PUBLISH_SECONDS = 300.0
 
 
@@ -41,7 +42,9 @@ class SegmentWorker:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        # host:pid, and a random part: a container started again keeps its hostname and often its pid, and a
+        # new worker must not pass for the dead one whose segments are to be resent.
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.host = socket.gethostname()
         self.redis = broker.connect(settings.broker_url)
         self._done = 0
@@ -52,7 +55,12 @@ class SegmentWorker:
     # Tasks --------------------------------------------------------------------------------------------
 
     def run(self, segment: str, reply: str) -> None:
-        """Run one segment task and answer on reply; ShuttingDown is raised for Celery to give the task back."""
+        """Run one segment task and answer on reply.
+
+        Raises ShuttingDown, or Redis' own errors, when the task must go back to the queue (this worker is
+        stopping; Redis is down or full): a task acknowledged without its result written would leave its
+        request waiting for ever.
+        """
         r = self.redis
         r.set(broker.key("taken", segment), self.id, ex=int(self.settings.visibility_timeout))
         if r.exists(broker.key("out", segment)):
@@ -91,7 +99,8 @@ class SegmentWorker:
 
     def _streamer(self, segment: str, reply: str) -> Any:
         def on_text(piece: str) -> None:
-            self.redis.rpush(reply, json.dumps({"sid": segment, "text": piece}))
+            # "by": a segment sent again streams from the start, and its client drops what it has already.
+            self.redis.rpush(reply, json.dumps({"sid": segment, "text": piece, "by": self.id}))
 
         return on_text
 
@@ -108,8 +117,8 @@ class SegmentWorker:
                 return
             except Exception:  # Redis is restarting: the result is kept until it is back
                 if time.monotonic() > deadline:
-                    log.exception("the result of segment %s could not be written; it is dropped", segment)
-                    return
+                    log.exception("the result of segment %s could not be written; the task goes back", segment)
+                    raise
                 log.warning("writing the result of segment %s failed; retrying", segment, exc_info=True)
                 time.sleep(wait)
                 wait = min(5.0, wait * 2)
@@ -202,13 +211,16 @@ def serve(settings: Settings, *, loglevel: str = "INFO") -> None:
     worker = SegmentWorker(settings, engine, metrics)
     app = broker.celery_app(settings.broker_url, settings.visibility_timeout)
 
+    import redis
+
     @app.task(name=broker.TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def segment(segment_id: str, reply: str) -> None:
         try:
             worker.run(segment_id, reply)
-        except ShuttingDown:
-            # This worker is stopping: the segment goes back to the queue for another.
-            raise Reject("the worker is stopping", requeue=True) from None
+        except (ShuttingDown, redis.RedisError, OSError) as exc:
+            # This worker is stopping, or Redis cannot take the result: the segment goes back to the queue.
+            # (Should Redis not take that either, the task stays unacknowledged and Redis delivers it again.)
+            raise Reject(f"given back: {exc}", requeue=True) from None
 
     @signals.worker_ready.connect  # type: ignore[untyped-decorator]
     def ready(**_: Any) -> None:

@@ -56,15 +56,16 @@ def test_a_job_is_claimed_once_and_only_its_claim_finishes_it(client: Any, uploa
     assert b.get("job1") is not None and b.queue_position("job1") == 1
     claimed = a.claim_next()
     assert claimed is not None and claimed.id == "job1" and claimed.status == "processing" and claimed.attempts == 1
-    assert b.claim_next() is None
-    # Another node cannot finish (or touch) a job it does not hold.
+    assert claimed.claim and b.claim_next() is None
+    # Without the claim (another node, or a stale run), nothing reaches the job.
     assert not b.complete("job1", {"text": "theirs"}, "x.txt")
-    b.set_progress("job1", 9, 9)
+    assert not b.complete("job1", {"text": "theirs"}, "x.txt", claim="forged")
+    b.set_progress("job1", 9, 9, claim="forged")
     assert a.get("job1").segments_done == 0  # type: ignore[union-attr]
-    a.set_progress("job1", 1, 2)
+    a.set_progress("job1", 1, 2, claimed.claim)
     assert b.get("job1").segments_done == 1  # type: ignore[union-attr]
-    assert a.complete("job1", {"text": "ours"}, "out.txt")
-    assert not a.complete("job1", {"text": "again"}, "out.txt")
+    assert a.complete("job1", {"text": "ours"}, "out.txt", claimed.claim)
+    assert not a.complete("job1", {"text": "again"}, "out.txt", claimed.claim)
     done = b.get("job1")
     assert done is not None and done.status == "completed" and done.result == {"text": "ours"}
     assert done.segments_done == 2 and done.output_file == "out.txt"
@@ -80,17 +81,18 @@ def test_a_lease_that_runs_out_is_taken_back_and_the_first_claim_is_void(
     monkeypatch.setattr(redis_jobs, "LEASE_SECONDS", 0.3)
     a, b = store(client, "node-a"), store(client, "node-b")
     create(a, "job1", upload)
-    assert a.claim_next() is not None
+    first = a.claim_next()
+    assert first is not None and a.renew("job1", first.claim)
     assert b.reclaim() == []  # still leased
     time.sleep(0.5)
     assert b.reclaim() == ["job1"]
-    again = b.claim_next()
-    assert again is not None and again.attempts == 2
-    # The stalled node wakes up: its lease and its claim are gone, so it can neither renew nor finish.
-    assert not a.renew("job1")
-    assert not a.complete("job1", {"text": "stale"}, "a.txt")
-    assert b.renew("job1")
-    assert b.complete("job1", {"text": "fresh"}, "b.txt")
+    again = a.claim_next()  # the same node may claim it again: a new run, with a claim of its own
+    assert again is not None and again.attempts == 2 and again.claim != first.claim
+    # The stalled first run wakes up: its claim is void, so it can neither renew nor finish.
+    assert not a.renew("job1", first.claim)
+    assert not a.complete("job1", {"text": "stale"}, "a.txt", first.claim)
+    assert a.renew("job1", again.claim)
+    assert a.complete("job1", {"text": "fresh"}, "b.txt", again.claim)
     assert a.get("job1").result == {"text": "fresh"}  # type: ignore[union-attr]
 
 
@@ -120,12 +122,13 @@ def test_a_job_interrupted_too_often_fails(client: Any, upload: Path, monkeypatc
 def test_cancel_from_another_node_stops_the_run_and_delete_needs_a_finished_job(client: Any, upload: Path) -> None:
     a, b = store(client, "node-a"), store(client, "node-b")
     create(a, "job1", upload)
-    assert a.claim_next() is not None
+    run = a.claim_next()
+    assert run is not None
     assert b.delete("job1") is None  # not finished
     assert b.cancel("job1") == "processing"
     assert b.cancel("job1") is None
-    assert not a.renew("job1")  # the runner stops at its next renewal
-    assert not a.complete("job1", {}, "x.txt")
+    assert not a.renew("job1", run.claim)  # the runner stops at its next renewal
+    assert not a.complete("job1", {}, "x.txt", run.claim)
     cancelled = b.get("job1")
     assert cancelled is not None and cancelled.status == "cancelled" and cancelled.error == "cancelled by the client"
     deleted = b.delete("job1")
@@ -139,7 +142,7 @@ def test_requeue_keeps_the_job_s_place_and_can_give_the_attempt_back(client: Any
         create(a, name, upload)
     first = a.claim_next()
     assert first is not None and first.id == "job1"
-    a.requeue("job1", count_attempt=False)
+    a.requeue("job1", count_attempt=False, claim=first.claim)
     assert a.queue_position("job1") == 1 and a.queue_position("job2") == 2
     again = a.claim_next()
     assert again is not None and again.id == "job1" and again.attempts == 1
@@ -175,8 +178,9 @@ def test_the_audio_travels_as_flac_with_a_time_to_live(client: Any, upload: Path
 def test_finished_before_lists_old_finished_jobs(client: Any, upload: Path) -> None:
     a = store(client, "node-a")
     create(a, "job1", upload)
-    assert a.claim_next() is not None
-    a.fail("job1", "broken")
+    run = a.claim_next()
+    assert run is not None
+    a.fail("job1", "broken", run.claim)
     later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 60))
     assert a.finished_before(later) == ["job1"]
     assert a.finished_before("2000-01-01T00:00:00+00:00") == []

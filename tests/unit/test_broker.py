@@ -90,3 +90,21 @@ def test_the_celery_settings_are_those_for_long_tasks() -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] == 1800
     assert conf.task_ignore_result and conf.accept_content == ["json"]
+
+
+def test_a_segment_sent_again_streams_only_what_its_first_run_had_not() -> None:
+    from concurrent.futures import Future
+
+    from app.remote_engine import _Pending
+
+    pending = _Pending(Future(), lambda _: None, 0.0)
+    shown = [pending.fresh(p, "w1") for p in ("The ", "quick")]
+    # w1 died; w2 runs it again from the start: its repeat is dropped, then only the new text comes through.
+    shown += [pending.fresh(p, "w2") for p in ("The q", "uick", " brown", " fox")]
+    assert "".join(shown) == "The quick brown fox" and shown[2:4] == ["", ""]
+    # A piece of the first run arriving after that (it was not dead, only silent) is never shown twice.
+    assert pending.fresh(" brown", "w1") == "" and pending.source == "w2"
+    # A second run that says something else (sampling) ends the stream; the result still stands.
+    diverged = _Pending(Future(), lambda _: None, 0.0)
+    diverged.fresh("abc", "w1")
+    assert diverged.fresh("abd", "w2") == "" and not diverged.streaming

@@ -71,11 +71,11 @@ class FlakyStore(JobStore):
         self._maybe_fail("claim_next")
         return super().claim_next()
 
-    def fail(self, job_id: str, error: str) -> None:
+    def fail(self, job_id: str, error: str, claim: str | None = None) -> None:
         self._maybe_fail("fail")
         super().fail(job_id, error)
 
-    def complete(self, job_id: str, result: dict[str, Any], output_file: str) -> bool:
+    def complete(self, job_id: str, result: dict[str, Any], output_file: str, claim: str | None = None) -> bool:
         self._maybe_fail("complete")
         return super().complete(job_id, result, output_file)
 
