@@ -25,7 +25,7 @@ from app.services import current_services
 from app.settings import Settings
 
 # The version of the HTTP API this document describes; bump it when a route or a body changes.
-API_VERSION = "0.3.0"
+API_VERSION = "0.4.0"
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Qwen-Omni speech transcription service"
 # Both schemes are alternatives: a request passes with either header when the server has keys configured.
@@ -205,7 +205,8 @@ _STATUS_MEANINGS = {
     429: "The client is over the server's rate limit; retry after Retry-After seconds.",
     500: "The model raised while generating; the service keeps running.",
     503: "The model cannot be loaded or a segment does not fit in memory (the next request tries again), the "
-    "service is shutting down, the data directory cannot be written, or, for async jobs, the job queue is full.",
+    "service is shutting down, the data directory cannot be written, for async jobs the job queue is full, or, in "
+    "cluster mode, the broker (Redis) cannot be reached or no worker is running.",
     507: "The data directory's disk is full, or would go below the server's free-space reserve with this upload.",
 }
 _RESPONSE_NAMES = {
@@ -450,7 +451,7 @@ def _native_operations(settings: Settings) -> list[_Operation]:
             "getJob",
             "A job's state and progress; its transcript once completed",
             "jobs",
-            {"200": {"description": "The job.", "content": _json("Job")}, **_errors(401, 404, 429)},
+            {"200": {"description": "The job.", "content": _json("Job")}, **_errors(401, 404, 429, 503)},
         ),
         _Operation(
             "/status/{job_id}/result",
@@ -468,7 +469,7 @@ def _native_operations(settings: Settings) -> list[_Operation]:
                         "text/vtt": {"schema": _TEXT},
                     },
                 },
-                **_errors(400, 401, 404, 429),
+                **_errors(400, 401, 404, 429, 503),
             },
             description="404 job_not_found for an unknown job, result_not_ready until it has completed (and for "
             "a failed or cancelled one). Subtitles are timed by the words the job kept.",
@@ -502,7 +503,7 @@ def _native_operations(settings: Settings) -> list[_Operation]:
                     "a job that had already finished, as it is.",
                     "content": {"application/json": {"schema": {"oneOf": [_ref("Job"), _ref("JobDeleted")]}}},
                 },
-                **_errors(400, 401, 404, 429),
+                **_errors(400, 401, 404, 429, 503),
             },
             extra={
                 "parameters": [

@@ -225,6 +225,12 @@ class RemoteEngine:
         if self._stopping.is_set():
             raise _shutting_down()
         self.start()
+        if self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+            # Nothing would take it: refuse now (a job waits and tries again) rather than queue it for nobody.
+            raise BrokerUnavailable(
+                "no worker is running: start serve/worker.py against this broker and send the request again",
+                retry_after=10,
+            )
         try:
             meta, audio = broker.encode_request(request)
         except ValueError as exc:

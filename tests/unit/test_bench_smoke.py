@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -166,3 +167,11 @@ def test_token_bench_counts_bpe_merges_and_syllables() -> None:
     assert tokens.syllables("zh", "你好,世界。") == 4
     assert tokens.syllables("ru", "Привет, мир") == 3
     assert tokens.syllables("en", "And so my fellow Americans") == 9
+
+
+def test_cluster_report_renders_the_committed_results() -> None:
+    """bench/cluster.py's summary is built from its JSON: the committed figures render as committed."""
+    cluster = _load("cluster")
+    doc = json.loads((ROOT / "bench" / "results" / "cluster-cpu-tiny.json").read_text())
+    assert cluster.markdown(doc) == (ROOT / "bench" / "results" / "cluster-cpu-tiny.md").read_text()
+    assert doc["two_over_one"] > 1 and doc["results"]["two_workers"]["errors"] == 0
