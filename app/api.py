@@ -17,7 +17,6 @@ from werkzeug.datastructures import FileStorage
 
 from app.checkpoints import missing
 from app.devices import gpu_memory
-from app.engine import Inference
 from app.errors import InvalidOption, JobNotFound, QueueFull, ResultNotReady, ServiceError, quoted
 from app.formats import CONTENT_TYPES, render_srt, render_text, render_vtt
 from app.jobs import Job, new_job_id
@@ -27,7 +26,7 @@ from app.protocol.native import RESULT_FORMATS, JobState
 from app.protocol.validation import parse_flag
 from app.remote_engine import RemoteEngine
 from app.security import caller
-from app.services import current_services
+from app.services import Services, current_services
 from app.tracing import current_id
 from app.transcript import Transcript
 from app.uploads import client_check, form_options, keep_file, local_path, uploaded_file
@@ -48,7 +47,7 @@ def health() -> Response:
     model = services.engine.status()
     gpu, allocated, reserved = gpu_memory()
     problems: list[str] = []
-    cluster = _cluster_health(services.engine, problems)
+    cluster = _cluster_health(services, problems)
     if model["state"] == "error" and cluster is None:
         problems.append(f"the model cannot be loaded: {model['error']}")
     elif model["state"] == "error" and cluster is not None and cluster.reachable:
@@ -108,15 +107,20 @@ def health() -> Response:
     return jsonify(body.body())
 
 
-def _cluster_health(engine: Inference, problems: list[str]) -> shapes.ClusterHealth | None:
+def _cluster_health(services: Services, problems: list[str]) -> shapes.ClusterHealth | None:
     """Cluster mode's section of /health (None in one process); adds its problems: no broker, no worker."""
+    engine = services.engine
     if not isinstance(engine, RemoteEngine):
         return None
     found = engine.cluster_status()
     if not found["reachable"]:
         problems.append(f"the broker cannot be reached: {found['error']}")
-    elif not found["workers"]:
-        problems.append("no worker is running: start serve/worker.py (one per GPU) against this broker")
+    elif not any(w.get("variant") == services.settings.variant for w in found["workers"]):
+        problems.append(
+            f"no worker of the {services.settings.variant} variant is running: start serve/worker.py (one per GPU) "
+            "with this node's --variant against this broker"
+        )
+    problems.extend(engine.mismatches(found["workers"]))
     workers = []
     for worker in found["workers"]:
         try:

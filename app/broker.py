@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 # Every key the service writes starts with this, so a Redis shared with other programs stays readable.
 PREFIX = "qwen-asr:"
-# The Celery queue the segments wait in, and the one task every worker runs.
-QUEUE = "qwen-asr-segments"
+# The one task every worker runs. Its queue is named after the variant: a worker serving another variant (a
+# different model) never takes this one's segments.
 TASK = "qwen_asr.segment"
 # A worker refreshes its heartbeat this often; one silent for WORKER_TTL is gone (its segments are sent again).
 HEARTBEAT_SECONDS = 2.0
@@ -68,10 +68,17 @@ def redacted(url: str) -> str:
 def connect(url: str) -> Any:
     """A Redis client for url (a connection pool, safe to share between threads)."""
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
-    # Short timeouts: a Redis that vanished must turn into a clear 503, never a request hanging for ever.
+    # Short timeouts and two quick retries: a Redis that vanished must turn into a clear 503 within seconds,
+    # never a request hanging. (A retried script may run twice; the job store's scripts allow for that.)
     return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15, retry_on_timeout=True
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
     )
 
 
@@ -94,7 +101,12 @@ def failures() -> tuple[type[BaseException], ...]:
     return (redis.RedisError, OSError, ServiceError)
 
 
-def celery_app(broker_url: str, visibility_timeout: float) -> Any:
+def queue(variant: str) -> str:
+    """The Celery queue of a variant's segments."""
+    return f"qwen-asr-segments-{variant}"
+
+
+def celery_app(broker_url: str, visibility_timeout: float, variant: str) -> Any:
     """The Celery app both roles build, configured for long GPU tasks on a Redis broker (see the README)."""
     from celery import Celery
 
@@ -110,7 +122,7 @@ def celery_app(broker_url: str, visibility_timeout: float) -> Any:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=QUEUE,
+        task_default_queue=queue(variant),
         # Redis redelivers an unacknowledged message after this: it must exceed the longest task, a model
         # load plus a batch, or a slow task runs twice. Clients resend a dead worker's segments long before.
         broker_transport_options={"visibility_timeout": visibility_timeout},
@@ -236,9 +248,9 @@ def live_workers(client: Any) -> list[dict[str, Any]]:
     return workers
 
 
-def queued_segments(client: Any) -> int:
-    """Segments waiting in the broker's queue (taken ones are in the workers' hands, not counted here)."""
-    return int(client.llen(QUEUE))
+def queued_segments(client: Any, variant: str) -> int:
+    """A variant's segments waiting in the broker's queue (taken ones are in the workers' hands, not counted)."""
+    return int(client.llen(queue(variant)))
 
 
 def error_message(exc: BaseException) -> str:

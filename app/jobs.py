@@ -608,7 +608,15 @@ class JobRunner:
 
     def _execute(self, job: Job) -> None:
         with self._wake:
-            self._running[job.id] = job.claim
+            busy = job.id in self._running
+            if not busy:
+                self._running[job.id] = job.claim
+        if busy:
+            # Cluster mode: this node let a lease lapse, the job was taken back, and it came back here while its
+            # old run is still ending. The new claim goes back to the queue (its attempt uncounted) meanwhile.
+            self._record(job, functools.partial(self._requeue, job, count_attempt=False))
+            self._sleep(1.0)
+            return
         try:
             # The run's log lines (and the audio it decodes) belong to the request that submitted the job.
             with working_for(job.request_id):

@@ -100,8 +100,12 @@ return 1
 _FINISH = (
     _HELD
     + """
-if not held(KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if not held(KEYS[1], ARGV[1]) then
+  -- A replay (the client resent the call after losing its reply) of the finish that already landed.
+  if redis.call('HGET', KEYS[1], 'finished_by') == ARGV[1] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'finished_by', ARGV[1], unpack(ARGV, 5))
 if redis.call('HGET', KEYS[1], 'status') == 'completed' then
   redis.call('HSET', KEYS[1], 'segments_done', redis.call('HGET', KEYS[1], 'segments_total') or 0)
 end
@@ -134,7 +138,11 @@ _TAKE_BACK = (
     _NOW
     + """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not deadline or redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return false end
+if not deadline then return false end
+if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then
+  redis.call('ZREM', KEYS[2], ARGV[1])  -- its record is gone (expired) or it ended: nothing to take back
+  return false
+end
 if tonumber(deadline) > now and redis.call('HGET', KEYS[1], 'node') ~= ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], 'claim')
 redis.call('ZREM', KEYS[2], ARGV[1])

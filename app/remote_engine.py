@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app import broker
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 1.0
 # With no live worker for this long, what waits fails (503; a job goes back to its queue) instead of hanging.
 NO_WORKER_SECONDS = broker.WORKER_TTL + 5.0
+# A segment found neither done, nor held by a live worker, nor queued for this long is sent again: two
+# heartbeats, so that a task a worker has just taken shows in its heartbeat first.
+LOST_SECONDS = 2 * broker.HEARTBEAT_SECONDS + 1.0
 
 
 @dataclass
@@ -36,34 +39,26 @@ class _Pending:
     on_text: Callable[[str], None] | None
     sent: float
     streaming: bool = True
-    # The text streamed so far, and the worker whose run it comes from.
-    streamed: str = ""
-    source: str | None = None
-    # A run sent again (its worker died) streams from the start: its text so far, until it passes `streamed`.
-    rerun: str = ""
-    rerun_source: str | None = None
+    # The text shown to the client so far, and each run's own text (a run: one worker taking the segment once).
+    shown: str = ""
+    runs: dict[str, str] = field(default_factory=dict)
+    # When the watch first found it neither done, nor held by a live worker, nor queued (None: it is accounted for).
+    unaccounted: float | None = None
 
-    def fresh(self, piece: str, by: str) -> str:
-        """What of a streamed piece is new to the client: a second run repeats the first run's text, and that
-        repeat is dropped; a second run that diverges (sampling) ends the stream, as Engine's retries do."""
-        if self.source is None:
-            self.source = by
-        if by == self.source:
-            self.streamed += piece
-            return piece
-        if by != self.rerun_source:
-            self.rerun_source, self.rerun = by, ""
-        self.rerun += piece
-        if not (self.rerun.startswith(self.streamed) or self.streamed.startswith(self.rerun)):
-            if self.streaming:
-                log.warning("a segment sent again streams other text than its first run; its streaming ends")
-            self.streaming = False
+    def fresh(self, piece: str, run: str) -> str:
+        """What of a streamed piece is new to the client. A segment sent again is run again from its start: a
+        run repeating what was shown adds nothing until it passes it; a run that says something else (sampling)
+        ends the stream, as Engine's retries do. The result stands either way."""
+        text = self.runs[run] = self.runs.get(run, "") + piece
+        if text.startswith(self.shown):
+            new, self.shown = text[len(self.shown) :], text
+            return new
+        if self.shown.startswith(text):
             return ""
-        if len(self.rerun) <= len(self.streamed):
-            return ""
-        new = self.rerun[len(self.streamed) :]
-        self.source, self.streamed = by, self.rerun
-        return new
+        if self.streaming:
+            log.warning("a segment run again streams other text than its first run; its streaming ends")
+        self.streaming = False
+        return ""
 
 
 class RemoteEngine:
@@ -74,6 +69,8 @@ class RemoteEngine:
         broker_url: str,
         visibility_timeout: float,
         *,
+        variant: str,
+        checkpoint: str,
         batch_size: int,
         token_budget: int,
         idle_timeout: float,
@@ -84,7 +81,9 @@ class RemoteEngine:
         # Whether the workers time words (the cluster runs one configuration: the node's --aligner is theirs).
         self._aligner = aligner
         self._redis = broker.connect(broker_url)
-        self._celery = broker.celery_app(broker_url, visibility_timeout)
+        self._celery = broker.celery_app(broker_url, visibility_timeout, variant)
+        # Workers serve this node only if they run its variant (its queue); the checkpoint should match too.
+        self._variant, self._checkpoint = variant, checkpoint
         # Answers for this process come on a list of its own; a restarted process starts a new one.
         self._reply = broker.key("reply", uuid.uuid4().hex)
         self._settings = {"batch_size": batch_size, "token_budget": token_budget, "idle_timeout": idle_timeout}
@@ -98,10 +97,10 @@ class RemoteEngine:
         self._worker_seen = clock()
         # No segment is resent before this: after the broker comes back, the workers' heartbeats need a moment.
         self._grace_until = 0.0
-        # Deletes a worker's mark on a segment only if it is still that worker's (one atomic step).
-        self._release = self._redis.register_script(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-        )
+        # Set by the reply thread while the broker cannot be reached (a send then fails for that reason).
+        self._broker_down = False
+        # When the queue was last searched for segments unaccounted for (a search reads the whole queue).
+        self._searched = 0.0
 
     # The Engine's interface ---------------------------------------------------------------------------
 
@@ -109,6 +108,8 @@ class RemoteEngine:
         """Start the thread that reads this process's replies (again, should it ever have ended)."""
         with self._lock:
             if not self._stopping.is_set() and (self._thread is None or not self._thread.is_alive()):
+                # Give the new thread its first look at the workers before any request is refused for want of one.
+                self._worker_seen = self._clock()
                 self._thread = threading.Thread(target=self._run, name="broker-replies", daemon=True)
                 self._thread.start()
 
@@ -145,20 +146,20 @@ class RemoteEngine:
     def status(self) -> dict[str, Any]:
         """The Engine's status() shape, summed over the live workers (the model runs there)."""
         try:
-            workers = broker.live_workers(self._redis)
-            queued = broker.queued_segments(self._redis)
+            workers = self._serving(broker.live_workers(self._redis))
+            queued = broker.queued_segments(self._redis, self._variant)
             error = None
         except broker.failures() as exc:  # /health reports the broker itself; this shape only has to stay whole
             workers, queued, error = [], 0, f"the broker cannot be reached: {broker.error_message(exc)}"
         models = [w["model"] for w in workers]
-        states = {m["state"] for m in models}
+        states = {m.get("state") for m in models}
         state = next((s for s in ("loaded", "loading") if s in states), None)
         if state is None:
             state = "error" if error or (models and states == {"error"}) else "unloaded"
         if error is None and state == "error":
-            error = "; ".join(sorted({str(m["error"]) for m in models if m["error"]}))
-        device = next((m["device"] for m in models if m["state"] == "loaded" and m["device"]), None)
-        total = {name: sum(int(m[name]) for m in models) for name in _SUMMED}
+            error = "; ".join(sorted({str(m["error"]) for m in models if m.get("error")}))
+        device = next((m["device"] for m in models if m.get("state") == "loaded" and m.get("device")), None)
+        total = {name: sum(_count(m.get(name)) for m in models) for name in _SUMMED}
         return {
             "state": state,
             "error": error,
@@ -175,15 +176,15 @@ class RemoteEngine:
     def aligner_status(self) -> dict[str, Any] | None:
         """The workers' aligners: loaded if any is; None when no live worker has one."""
         try:
-            aligners = [w["aligner"] for w in broker.live_workers(self._redis) if w.get("aligner")]
+            aligners = [w["aligner"] for w in self._serving(broker.live_workers(self._redis)) if w.get("aligner")]
         except broker.failures():  # the broker's state is /health's cluster section's to report
             return None
         if not aligners:
             return None
-        states = {a["state"] for a in aligners}
+        states = {a.get("state") for a in aligners}
         state = next((s for s in ("loaded", "loading", "error") if s in states), "unloaded")
-        error = next((a["error"] for a in aligners if a["error"]), None)
-        return {"state": state, "error": error, "loads": sum(int(a["loads"]) for a in aligners)}
+        error = next((a["error"] for a in aligners if a.get("error")), None)
+        return {"state": state, "error": error, "loads": sum(_count(a.get("loads")) for a in aligners)}
 
     # The cluster's own figures -------------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class RemoteEngine:
         try:
             self._redis.ping()
             workers = broker.live_workers(self._redis)
-            queued = broker.queued_segments(self._redis)
+            queued = broker.queued_segments(self._redis, self._variant)
         except broker.failures() as exc:  # reported, never raised: /health must answer while Redis is down
             return {
                 "broker": broker.redacted(self.broker_url),
@@ -213,6 +214,25 @@ class RemoteEngine:
             "resent_segments": self._resent,
         }
 
+    def _serving(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The workers that take this node's segments: those of its variant."""
+        return [w for w in workers if w.get("variant") == self._variant]
+
+    def mismatches(self, workers: list[dict[str, Any]]) -> list[str]:
+        """Why live workers do not serve this node as it expects (another variant, another checkpoint), in words."""
+        found = []
+        for worker in workers:
+            if worker.get("variant") != self._variant:
+                found.append(
+                    f"worker {worker['id']} serves the {worker.get('variant')} variant, this node {self._variant}: "
+                    "it takes none of this node's segments"
+                )
+            elif worker.get("checkpoint") != self._checkpoint:
+                found.append(
+                    f"worker {worker['id']} runs {worker.get('checkpoint')}, this node expects {self._checkpoint}"
+                )
+        return found
+
     def _waiting(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -225,7 +245,7 @@ class RemoteEngine:
         if self._stopping.is_set():
             raise _shutting_down()
         self.start()
-        if self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+        if not self._broker_down and self._clock() - self._worker_seen > NO_WORKER_SECONDS:
             # Nothing would take it: refuse now (a job waits and tries again) rather than queue it for nobody.
             raise BrokerUnavailable(
                 "no worker is running: start serve/worker.py against this broker and send the request again",
@@ -254,7 +274,7 @@ class RemoteEngine:
 
     def _queue(self, segment: str) -> None:
         # The reply list travels with the task: a worker that finds the segment's audio expired still answers.
-        self._celery.send_task(broker.TASK, args=[segment, self._reply], queue=broker.QUEUE)
+        self._celery.send_task(broker.TASK, args=[segment, self._reply], queue=broker.queue(self._variant))
 
     # The reply thread ---------------------------------------------------------------------------------
 
@@ -266,6 +286,7 @@ class RemoteEngine:
                 item = self._redis.blpop([self._reply], timeout=WATCH_SECONDS)
                 if down_since is not None:
                     log.info("the broker is back")
+                    self._broker_down = False
                     # Heartbeats lapsed while it was down: give the workers time to beat again before
                     # taking their silence for death.
                     down_since, self._worker_seen = None, self._clock()
@@ -278,6 +299,7 @@ class RemoteEngine:
             except broker.failures():  # the broker went away: keep waiting for it, never die
                 if down_since is None:
                     down_since = self._clock()
+                    self._broker_down = True
                     log.warning("reading replies from the broker failed; retrying", exc_info=True)
                 self._stopping.wait(min(5.0, 0.2 + self._clock() - down_since))
                 if self._clock() - down_since > NO_WORKER_SECONDS:
@@ -293,7 +315,7 @@ class RemoteEngine:
         if pending is None:
             return  # cancelled, or a second run's answer to a segment already settled
         if "text" in message:
-            piece = pending.fresh(str(message["text"]), str(message.get("by")))
+            piece = pending.fresh(str(message["text"]), str(message.get("run")))
             if piece and pending.on_text is not None and pending.streaming:
                 try:
                     pending.on_text(piece)
@@ -305,8 +327,16 @@ class RemoteEngine:
 
     def _collect(self, segments: list[str]) -> None:
         """Settle the segments whose results are written, and clear their keys."""
+        self._settle(self._results(segments))
+
+    def _results(self, segments: list[str]) -> list[tuple[str, bytes]]:
+        """The results written for these segments."""
+        if not segments:
+            return []
         found = self._redis.mget([broker.key("out", s) for s in segments])
-        done = [(s, raw) for s, raw in zip(segments, found, strict=True) if raw is not None]
+        return [(s, raw) for s, raw in zip(segments, found, strict=True) if raw is not None]
+
+    def _settle(self, done: list[tuple[str, bytes]]) -> None:
         if not done:
             return
         with self._lock:
@@ -325,43 +355,73 @@ class RemoteEngine:
 
     def _forget(self, segments: list[str]) -> None:
         """Delete what the segments left in Redis; a worker that then receives one finds no audio and skips it."""
-        keys = [broker.key(kind, s) for s in segments for kind in ("seg", "out", "taken")]
+        keys = [broker.key(kind, s) for s in segments for kind in ("seg", "out")]
         if keys:
             self._redis.delete(*keys)
 
     def _watch(self) -> None:
-        """Drop what nobody waits for, pick up answers whose reply was lost, resend what a dead worker held."""
+        """Drop what nobody waits for, pick up answers whose reply was lost, resend what was lost.
+
+        A segment waiting here is accounted for while its result is written, a live worker holds it (its
+        heartbeat lists it), or its task waits in the queue. One that stays unaccounted for (its worker died,
+        its task was given back when Redis could not take the restore, a crash of Redis lost the task) is
+        queued again: its result is written once however many times it runs.
+        """
         with self._lock:
             cancelled = [s for s, p in self._pending.items() if p.future.cancelled()]
             for segment in cancelled:
                 del self._pending[segment]
             segments = list(self._pending)
         self._forget(cancelled)
-        alive = {w["id"] for w in broker.live_workers(self._redis)}
-        if alive:
+        workers = self._serving(broker.live_workers(self._redis))
+        if workers:
             self._worker_seen = self._clock()
         if not segments:
             return
-        if not self._redis.llen(self._reply):
-            # Every reply so far is read, so a result found now has no streamed text still waiting behind it.
-            self._collect(segments)
-            with self._lock:
-                segments = [s for s in segments if s in self._pending]
-        if not alive and self._clock() - self._worker_seen > NO_WORKER_SECONDS:
+        # Results first, then whether every reply is read: a result found with replies unread may have text
+        # still waiting behind it, and is picked up from the reply list instead.
+        done = self._results(segments)
+        if done and not self._redis.llen(self._reply):
+            self._settle(done)
+        finished = {s for s, _ in done}
+        if not workers and self._clock() - self._worker_seen > NO_WORKER_SECONDS:
             self._fail_waiting("no worker is running")
             return
         if self._clock() < self._grace_until:
             return
-        holders = self._redis.mget([broker.key("taken", s) for s in segments])
-        for segment, holder in zip(segments, holders, strict=True):
-            if holder is not None and holder.decode() not in alive:
-                # Its worker died holding it: Redis would deliver it again only after the visibility timeout.
-                # Queued first, then the dead worker's mark cleared (only if it is still that worker's), so a
-                # failed send is tried again at the next watch.
+        held = {segment for w in workers for segment in w.get("holding", ())}
+        open_ = [s for s in segments if s not in finished and s not in held]
+        now = self._clock()
+        if open_ and now - self._searched < LOST_SECONDS / 2:
+            return  # the queue was searched a moment ago
+        self._searched = now
+        lost = self._lost(open_)
+        with self._lock:
+            for segment in segments:
+                pending = self._pending.get(segment)
+                if pending is None:
+                    continue
+                if segment not in lost:
+                    pending.unaccounted = None
+                elif pending.unaccounted is None:
+                    pending.unaccounted = now
+        for segment in lost:
+            with self._lock:
+                pending = self._pending.get(segment)
+            # Unaccounted for over two heartbeats: no worker is about to list it (a task just taken).
+            if pending is not None and pending.unaccounted is not None and now - pending.unaccounted >= LOST_SECONDS:
                 self._queue(segment)
-                self._release(keys=[broker.key("taken", segment)], args=[holder])
+                pending.unaccounted = None
                 self._resent += 1
-                log.warning("worker %s stopped with segment %s in hand; sent again", holder.decode(), segment)
+                log.warning("segment %s was lost (its worker stopped, or its task); sent again", segment)
+
+    def _lost(self, segments: list[str]) -> set[str]:
+        """Of segments neither done nor held by a live worker, those whose task is not in the queue either."""
+        if not segments:
+            return set()
+        queued = self._redis.lrange(broker.queue(self._variant), 0, -1)
+        waiting = "".join(item.decode(errors="replace") for item in queued)
+        return {s for s in segments if s not in waiting}
 
     def _fail_waiting(self, why: str) -> None:
         """Fail everything this node waits on (503: a job goes back to its queue); never raises."""
@@ -388,6 +448,14 @@ _SUMMED = (
     "repetition_stops",
     "pending_segments",
 )
+
+
+def _count(value: Any) -> int:
+    """A count from a heartbeat (0 when a worker of another version does not report it)."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -141,15 +141,17 @@ def _cluster(settings: Settings) -> tuple[RemoteEngine, RedisJobStore]:
     from app.redis_jobs import node_id
 
     engine = RemoteEngine(
-        settings.broker_url,
+        settings.broker,
         settings.visibility_timeout,
+        variant=settings.variant,
+        checkpoint=settings.checkpoint_path,
         batch_size=settings.batch_size,
         token_budget=settings.token_budget,
         idle_timeout=settings.idle_timeout,
         aligner=settings.aligner_enabled,
     )
     store = RedisJobStore(
-        connect(settings.broker_url),
+        connect(settings.broker),
         node_id(settings.data_path),
         retention_seconds=settings.retention_hours * 3600,
         max_audio_seconds=settings.max_audio_duration,

@@ -145,6 +145,11 @@ class Settings:
         secret=True,
         aliases=("--broker",),
     )
+    # The broker's password, put into the URL (percent-encoded) when the URL carries none: one value for Redis'
+    # own --requirepass and every node, with no escaping to get right.
+    broker_password: str = _setting(
+        "", "ASR_BROKER_PASSWORD", "cluster: the broker's password, when the URL has none", secret=True
+    )
     # Redis delivers a segment's task again when its worker has not acknowledged it after this many seconds,
     # so it must exceed the longest task (a model load plus a batch). A dead worker's segments are sent again
     # by the HTTP service as soon as its heartbeat stops; this is the backstop when nobody is waiting.
@@ -222,6 +227,17 @@ class Settings:
     def clustered(self) -> bool:
         """Whether the model runs in workers behind a broker rather than in this process."""
         return bool(self.broker_url)
+
+    @property
+    def broker(self) -> str:
+        """The broker URL to connect to: broker_url, with broker_password in it when it has none of its own."""
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        parts = urlsplit(self.broker_url)
+        if not self.broker_password or parts.password is not None or parts.scheme == "unix":
+            return self.broker_url
+        netloc = f"{quote(parts.username or '', safe='')}:{quote(self.broker_password, safe='')}@{parts.netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
     @property
     def model_variant(self) -> Variant:

@@ -46,8 +46,11 @@ class SegmentWorker:
         # new worker must not pass for the dead one whose segments are to be resent.
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.host = socket.gethostname()
-        self.redis = broker.connect(settings.broker_url)
+        self.redis = broker.connect(settings.broker)
         self._done = 0
+        # The segments in hand (their tasks running here): the heartbeat lists them, so that a client can tell a
+        # segment held from one lost.
+        self._holding: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._beat: threading.Thread | None = None
@@ -61,8 +64,16 @@ class SegmentWorker:
         stopping; Redis is down or full): a task acknowledged without its result written would leave its
         request waiting for ever.
         """
+        with self._lock:
+            self._holding.add(segment)
+        try:
+            self._run(segment, reply)
+        finally:
+            with self._lock:
+                self._holding.discard(segment)
+
+    def _run(self, segment: str, reply: str) -> None:
         r = self.redis
-        r.set(broker.key("taken", segment), self.id, ex=int(self.settings.visibility_timeout))
         if r.exists(broker.key("out", segment)):
             # Ran before (its worker died after writing, or the task was delivered twice): announce it again.
             self._announce(segment, reply)
@@ -81,7 +92,10 @@ class SegmentWorker:
                 body = broker.encode_result(self.engine.submit_alignments([request])[0].result())
             else:
                 if meta.get("stream"):
-                    request = replace(request, on_text=self._streamer(segment, reply))
+                    # Each run streams under its own name: a segment run again repeats its text from the start,
+                    # and its client drops what it has shown already.
+                    run = f"{self.id}:{uuid.uuid4().hex[:8]}"
+                    request = replace(request, on_text=self._streamer(segment, reply, run))
                 body = broker.encode_result(self._generate(request))
         except ShuttingDown:
             raise
@@ -97,10 +111,9 @@ class SegmentWorker:
     def _generate(self, request: GenerationRequest) -> Any:
         return self.engine.submit([request])[0].result()
 
-    def _streamer(self, segment: str, reply: str) -> Any:
+    def _streamer(self, segment: str, reply: str, run: str) -> Any:
         def on_text(piece: str) -> None:
-            # "by": a segment sent again streams from the start, and its client drops what it has already.
-            self.redis.rpush(reply, json.dumps({"sid": segment, "text": piece, "by": self.id}))
+            self.redis.rpush(reply, json.dumps({"sid": segment, "text": piece, "run": run}))
 
         return on_text
 
@@ -140,18 +153,21 @@ class SegmentWorker:
         """What /health shows of this worker."""
         status = self.engine.status()
         with self._lock:
-            done = self._done
+            done, holding = self._done, sorted(self._holding)
         return {
             "id": self.id,
             "host": self.host,
             "pid": os.getpid(),
             "device": status["device"] or self.settings.device,
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "variant": self.settings.variant,
+            "checkpoint": self.settings.checkpoint_path,
             "model": status,
             "aligner": self.engine.aligner_status(),
             "in_hand": status["pending_segments"],
             "batch_size": self.settings.batch_size,
             "segments_done": done,
+            "holding": holding,
             "generate_calls": self._sample("qwen_asr_batch_size_count"),
             "segments_generated": self._sample("qwen_asr_batch_size_sum"),
             "seen": time.time(),
@@ -209,7 +225,7 @@ def serve(settings: Settings, *, loglevel: str = "INFO") -> None:
     metrics = Metrics()
     engine = build_engine(settings, metrics)
     worker = SegmentWorker(settings, engine, metrics)
-    app = broker.celery_app(settings.broker_url, settings.visibility_timeout)
+    app = broker.celery_app(settings.broker, settings.visibility_timeout, settings.variant)
 
     import redis
 
@@ -241,7 +257,7 @@ def serve(settings: Settings, *, loglevel: str = "INFO") -> None:
             "--pool=threads",
             f"--concurrency={settings.batch_size}",
             f"--hostname=qwen-asr@{worker.id}",
-            f"--queues={broker.QUEUE}",
+            f"--queues={broker.queue(settings.variant)}",
             f"--loglevel={loglevel}",
             "--without-gossip",
             "--without-mingle",

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.clustered:
         sys.exit("error: a worker needs --broker redis://host:port/db (or ASR_BROKER_URL)")
     if alive:
-        sys.exit(0 if _alive_here(settings.broker_url) else 1)
+        sys.exit(0 if _alive_here(settings.broker) else 1)
     problem = start_up_problem(settings)
     if problem is not None:
         sys.exit(f"error: {problem}")

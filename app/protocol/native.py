@@ -547,6 +547,8 @@ class WorkerHealth(Shape):
     pid: int = Field(ge=1)
     device: str = Field(description="The device its model is on (or the configured choice before a load).")
     visible_devices: str | None = Field(description="Its CUDA_VISIBLE_DEVICES: the GPU it was given.")
+    variant: str = Field(description="The variant it serves: it takes only the segments of nodes of this variant.")
+    checkpoint: str
     model_state: Literal["unloaded", "loading", "loaded", "error"]
     model_error: str | None
     in_hand: int = Field(ge=0, description="Segments it holds now: in its engine's queue or being generated.")

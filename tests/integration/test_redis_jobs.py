@@ -65,7 +65,9 @@ def test_a_job_is_claimed_once_and_only_its_claim_finishes_it(client: Any, uploa
     a.set_progress("job1", 1, 2, claimed.claim)
     assert b.get("job1").segments_done == 1  # type: ignore[union-attr]
     assert a.complete("job1", {"text": "ours"}, "out.txt", claimed.claim)
-    assert not a.complete("job1", {"text": "again"}, "out.txt", claimed.claim)
+    # The same call again (a client retrying after a lost reply) is told it landed, and changes nothing.
+    assert a.complete("job1", {"text": "again"}, "out.txt", claimed.claim)
+    assert not b.complete("job1", {"text": "again"}, "out.txt", "forged")
     done = b.get("job1")
     assert done is not None and done.status == "completed" and done.result == {"text": "ours"}
     assert done.segments_done == 2 and done.output_file == "out.txt"

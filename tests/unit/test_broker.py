@@ -86,7 +86,7 @@ def test_the_broker_url_is_shown_without_its_password() -> None:
 
 
 def test_the_celery_settings_are_those_for_long_tasks() -> None:
-    conf = broker.celery_app("redis://127.0.0.1:1/0", 1800).conf
+    conf = broker.celery_app("redis://127.0.0.1:1/0", 1800, "awq").conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] == 1800
     assert conf.task_ignore_result and conf.accept_content == ["json"]
@@ -98,13 +98,35 @@ def test_a_segment_sent_again_streams_only_what_its_first_run_had_not() -> None:
     from app.remote_engine import _Pending
 
     pending = _Pending(Future(), lambda _: None, 0.0)
-    shown = [pending.fresh(p, "w1") for p in ("The ", "quick")]
-    # w1 died; w2 runs it again from the start: its repeat is dropped, then only the new text comes through.
-    shown += [pending.fresh(p, "w2") for p in ("The q", "uick", " brown", " fox")]
+    shown = [pending.fresh(p, "w1:a") for p in ("The ", "quick")]
+    # The first run's worker died; a second run streams from the start: its repeat is dropped, then only new text.
+    shown += [pending.fresh(p, "w2:b") for p in ("The q", "uick", " brown", " fox")]
     assert "".join(shown) == "The quick brown fox" and shown[2:4] == ["", ""]
-    # A piece of the first run arriving after that (it was not dead, only silent) is never shown twice.
-    assert pending.fresh(" brown", "w1") == "" and pending.source == "w2"
-    # A second run that says something else (sampling) ends the stream; the result still stands.
+    # The first run was only silent, not dead: its pieces, behind the second's, show nothing twice.
+    assert pending.fresh(" brown", "w1:a") == "" and pending.fresh(" fox", "w1:a") == ""
+    assert pending.fresh(" jumps", "w1:a") == " jumps" and pending.streaming
+    # A run that says something else (sampling) ends the stream; the result still stands.
     diverged = _Pending(Future(), lambda _: None, 0.0)
-    diverged.fresh("abc", "w1")
-    assert diverged.fresh("abd", "w2") == "" and not diverged.streaming
+    diverged.fresh("abc", "w1:a")
+    assert diverged.fresh("abd", "w2:b") == "" and not diverged.streaming
+
+
+def test_workers_of_another_variant_or_checkpoint_are_named_and_serve_nothing() -> None:
+    from app.remote_engine import RemoteEngine
+
+    engine = RemoteEngine(
+        "redis://127.0.0.1:1/0", 3600, variant="awq", checkpoint="Qwen/Qwen2.5-Omni-7B-AWQ",
+        batch_size=16, token_budget=65536, idle_timeout=300,
+    )  # fmt: skip
+    workers = [
+        {"id": "a:1:x", "variant": "awq", "checkpoint": "Qwen/Qwen2.5-Omni-7B-AWQ"},
+        {"id": "b:2:y", "variant": "asr", "checkpoint": "Qwen/Qwen3-ASR-1.7B-hf"},
+        {"id": "c:3:z", "variant": "awq", "checkpoint": "/models/other"},
+    ]
+    assert [w["id"] for w in engine._serving(workers)] == ["a:1:x", "c:3:z"]
+    problems = engine.mismatches(workers)
+    assert len(problems) == 2
+    assert "b:2:y serves the asr variant" in problems[0] and "takes none of this node's segments" in problems[0]
+    assert "c:3:z runs /models/other" in problems[1]
+    # Each variant has a queue of its own: a worker of another variant never takes this node's segments.
+    assert broker.queue("awq") != broker.queue("asr")

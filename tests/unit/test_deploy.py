@@ -586,3 +586,30 @@ def test_cluster_profile_has_redis_an_http_node_and_a_worker_per_gpu() -> None:
     # A worker on another machine: the cluster-worker profile starts the worker alone.
     assert worker["profiles"] == ["cluster", "cluster-worker"]
     assert all(s["environment"]["ASR_DATA_DIR"] != "/data/awq" for s in (http, worker))
+
+
+def test_redis_refuses_to_be_published_without_a_password(tmp_path: Path) -> None:
+    """The redis service's command, run by sh with a stand-in redis-server that prints what it was given."""
+    fake = tmp_path / "redis-server"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n')
+    fake.chmod(0o755)
+    command = all_services()["redis"]["command"]
+    assert command[:2] == ["sh", "-c"]
+
+    def run(password: str, bind: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "REDIS_PASSWORD": password, "REDIS_BIND_ADDRESS": bind}
+        return subprocess.run(command, env={**env, "REDIS_MAXMEMORY": "4gb"}, capture_output=True, text=True)
+
+    loopback = run("", "127.0.0.1")
+    assert loopback.returncode == 0 and "[--requirepass]" not in loopback.stdout
+    assert "[--maxmemory]\n[4gb]\n[--maxmemory-policy]\n[noeviction]" in loopback.stdout
+    refused = run("", "0.0.0.0")
+    assert refused.returncode == 1 and "without a REDIS_PASSWORD" in refused.stderr
+    published = run("a pass$word", "0.0.0.0")
+    assert published.returncode == 0 and "[--requirepass]\n[a pass$word]" in published.stdout
+    # The health check reads the same password from REDISCLI_AUTH, and every node gets it as ASR_BROKER_PASSWORD.
+    env = all_services({"REDIS_PASSWORD": "s3cret"})
+    assert env["redis"]["environment"]["REDISCLI_AUTH"] == "s3cret"
+    for name in ("qwen-asr-cluster-http", "qwen-asr-cluster-worker-gpu0"):
+        settings = Settings.from_env(env[name]["environment"])
+        assert settings.broker == "redis://:s3cret@redis:6379/0"
