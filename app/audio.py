@@ -267,8 +267,8 @@ def probe(path: str | Path, max_seconds: float | None = None) -> None:
 
 
 def compact(source: str | Path, target: str | Path, max_seconds: float | None = None) -> None:
-    """The file's first audio stream as 16 kHz mono FLAC at target: what the model hears, losslessly, in about a
-    third of the bytes of its 16-bit PCM (cluster mode keeps a job's audio so in Redis)."""
+    """The file's first audio stream as 16 kHz mono FLAC at target: what the model hears, losslessly, in about two
+    thirds of the bytes of its 16-bit PCM on speech (cluster mode keeps a job's audio so in Redis)."""
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", *INPUT_GUARD, "-i", str(source), "-map", "0:a:0", "-vn", "-sn", "-dn",
         *(("-t", f"{max_seconds:g}") if max_seconds is not None else ()),
