@@ -37,7 +37,6 @@ LOST_SECONDS = 2 * broker.HEARTBEAT_SECONDS + 1.0
 class _Pending:
     future: Future[Any]
     on_text: Callable[[str], None] | None
-    sent: float
     streaming: bool = True
     # The text shown to the client so far, and each run's own text (a run: one worker taking the segment once).
     shown: str = ""
@@ -190,29 +189,22 @@ class RemoteEngine:
 
     def cluster_status(self) -> dict[str, Any]:
         """The broker, the live workers and the queue, for /health and /metrics."""
-        try:
-            self._redis.ping()
-            workers = broker.live_workers(self._redis)
-            queued = broker.queued_segments(self._redis, self._variant)
-        except broker.failures() as exc:  # reported, never raised: /health must answer while Redis is down
-            return {
-                "broker": broker.redacted(self.broker_url),
-                "reachable": False,
-                "error": broker.error_message(exc),
-                "workers": [],
-                "queued_segments": None,
-                "waiting_segments": self._waiting(),
-                "resent_segments": self._resent,
-            }
-        return {
+        found: dict[str, Any] = {
             "broker": broker.redacted(self.broker_url),
             "reachable": True,
             "error": None,
-            "workers": workers,
-            "queued_segments": queued,
+            "workers": [],
+            "queued_segments": None,
             "waiting_segments": self._waiting(),
             "resent_segments": self._resent,
         }
+        try:
+            self._redis.ping()
+            found["workers"] = broker.live_workers(self._redis)
+            found["queued_segments"] = broker.queued_segments(self._redis, self._variant)
+        except broker.failures() as exc:  # reported, never raised: /health must answer while Redis is down
+            found.update(reachable=False, error=broker.error_message(exc), workers=[], queued_segments=None)
+        return found
 
     def _serving(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The workers that take this node's segments: those of its variant."""
@@ -258,7 +250,7 @@ class RemoteEngine:
         segment = uuid.uuid4().hex
         future: Future[Any] = Future()
         with self._lock:
-            self._pending[segment] = _Pending(future, on_text, self._clock())
+            self._pending[segment] = _Pending(future, on_text)
         try:
             with broker.reachable("queuing a segment"):
                 pipe = self._redis.pipeline(transaction=True)

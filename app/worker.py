@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from app import broker
-from app.backends import AlignmentRequest, GenerationRequest
+from app.backends import AlignmentRequest
 from app.engine import Engine
 from app.errors import BrokerUnavailable, ServiceError, ShuttingDown
 from app.metrics import Metrics
@@ -96,7 +96,7 @@ class SegmentWorker:
                     # and its client drops what it has shown already.
                     run = f"{self.id}:{uuid.uuid4().hex[:8]}"
                     request = replace(request, on_text=self._streamer(segment, reply, run))
-                body = broker.encode_result(self._generate(request))
+                body = broker.encode_result(self.engine.submit([request])[0].result())
         except ShuttingDown:
             raise
         except ServiceError as exc:  # the segment's client gets the failure, in the Engine's own words
@@ -107,9 +107,6 @@ class SegmentWorker:
         self._publish(segment, reply, body)
         with self._lock:
             self._done += 1
-
-    def _generate(self, request: GenerationRequest) -> Any:
-        return self.engine.submit([request])[0].result()
 
     def _streamer(self, segment: str, reply: str, run: str) -> Any:
         def on_text(piece: str) -> None:

@@ -109,15 +109,7 @@ def server_settings(cli_args: list[str]) -> dict[str, Any]:
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    from app.settings import Settings, field_type, parse_value
-
-    args = cli.build_parser().parse_args(cli_args)
-    overrides = {
-        name: value if isinstance(value, bool) else parse_value(name, field_type(name), value)
-        for name, value in vars(args).items()
-        if value is not None
-    }
-    return asdict(Settings.from_env(environ={}, **overrides))
+    return asdict(cli.settings_from(cli.build_parser().parse_args(cli_args), environ={}))
 
 
 # Inputs -------------------------------------------------------------------------------------------------

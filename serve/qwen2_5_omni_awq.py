@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """The Settings of parsed flags over the environment (ValueError or ServiceError when they are invalid)."""
+    overrides = {
+        name: value if isinstance(value, bool) else parse_value(name, field_type(name), value)
+        for name, value in vars(args).items()
+        if value is not None
+    }
+    return Settings.from_env(environ, **overrides)
+
+
+def with_absolute_checkpoint(settings: Settings) -> Settings:
+    """A local checkpoint directory made absolute: the process that loads it may run from another directory."""
+    checkpoint = settings.checkpoint_path
+    if os.path.isdir(checkpoint):
+        checkpoint = str(Path(checkpoint).resolve())
+    return replace(settings, checkpoint_path=checkpoint)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, validate the settings, then exec gunicorn with them in the environment."""
-    args = build_parser().parse_args(argv)
     try:
-        overrides = {
-            name: value if isinstance(value, bool) else parse_value(name, field_type(name), value)
-            for name, value in vars(args).items()
-            if value is not None
-        }
-        settings = Settings.from_env(**overrides)
+        settings = settings_from(build_parser().parse_args(argv))
     except (ValueError, ServiceError) as exc:
         sys.exit(f"error: {exc}")
     # In cluster mode the model (and its checkpoint) lives with the workers, not here.
@@ -68,10 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem is not None:
         sys.exit(f"error: {problem}")
     # gunicorn runs from the project root, so paths relative to the caller's directory are made absolute.
-    checkpoint = settings.checkpoint_path
-    if os.path.isdir(checkpoint):
-        checkpoint = str(Path(checkpoint).resolve())
-    settings = replace(settings, data_dir=str(settings.data_path), checkpoint_path=checkpoint)
+    settings = replace(with_absolute_checkpoint(settings), data_dir=str(settings.data_path))
     settings.data_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env()}
     if settings.local_model:

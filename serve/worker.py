@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "serve"))
 
-from qwen2_5_omni_awq import build_parser  # noqa: E402
+from qwen2_5_omni_awq import build_parser, settings_from, with_absolute_checkpoint  # noqa: E402
 
 from app.checkpoints import start_up_problem  # noqa: E402
 from app.errors import ServiceError  # noqa: E402
-from app.settings import Settings, field_type, parse_value  # noqa: E402
 from app.tracing import configure_logging  # noqa: E402
 
 
@@ -37,12 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     alive = args.__dict__.pop("alive")
     try:
-        overrides = {
-            name: value if isinstance(value, bool) else parse_value(name, field_type(name), value)
-            for name, value in vars(args).items()
-            if value is not None
-        }
-        settings = Settings.from_env(**overrides)
+        settings = settings_from(args)
     except (ValueError, ServiceError) as exc:
         sys.exit(f"error: {exc}")
     if not settings.clustered:
@@ -52,10 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     problem = start_up_problem(settings)
     if problem is not None:
         sys.exit(f"error: {problem}")
-    checkpoint = settings.checkpoint_path
-    if os.path.isdir(checkpoint):
-        checkpoint = str(Path(checkpoint).resolve())
-    settings = replace(settings, checkpoint_path=checkpoint)
+    settings = with_absolute_checkpoint(settings)
     if settings.local_model:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     configure_logging(settings.log_format)

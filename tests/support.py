@@ -39,6 +39,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_group(process: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Send sig to a process group started with start_new_session and wait; SIGKILL after 60 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 @dataclass
 class Server:
     """A service started through serve/qwen2_5_omni_awq.py on a loopback port."""
@@ -84,14 +96,7 @@ class Server:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the whole process group (gunicorn master and worker) and wait."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process, sig)
 
     def log(self) -> str:
         """What the server printed."""
@@ -253,14 +258,7 @@ class Worker:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it (SIGKILL: killed where it stands), and wait."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process, sig)
 
     def log(self) -> str:
         """What it printed."""

@@ -97,7 +97,7 @@ def test_a_segment_sent_again_streams_only_what_its_first_run_had_not() -> None:
 
     from app.remote_engine import _Pending
 
-    pending = _Pending(Future(), lambda _: None, 0.0)
+    pending = _Pending(Future(), lambda _: None)
     shown = [pending.fresh(p, "w1:a") for p in ("The ", "quick")]
     # The first run's worker died; a second run streams from the start: its repeat is dropped, then only new text.
     shown += [pending.fresh(p, "w2:b") for p in ("The q", "uick", " brown", " fox")]
@@ -106,7 +106,7 @@ def test_a_segment_sent_again_streams_only_what_its_first_run_had_not() -> None:
     assert pending.fresh(" brown", "w1:a") == "" and pending.fresh(" fox", "w1:a") == ""
     assert pending.fresh(" jumps", "w1:a") == " jumps" and pending.streaming
     # A run that says something else (sampling) ends the stream; the result still stands.
-    diverged = _Pending(Future(), lambda _: None, 0.0)
+    diverged = _Pending(Future(), lambda _: None)
     diverged.fresh("abc", "w1:a")
     assert diverged.fresh("abd", "w2:b") == "" and not diverged.streaming
 
