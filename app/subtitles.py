@@ -392,15 +392,20 @@ def _place(groups: list[tuple[tuple[str, ...], int, int]], times: list[tuple[int
     """The cues of a segment's groups of atoms: from the first atom's start to the last one's end.
 
     A cue is held to MIN_CUE_MS when the next one starts later; it lasts at least 1 ms (pushing the next one
-    back by as much when words are packed closer than that) and at most MAX_CUE_MS, and a cue with no time
-    left inside the segment is left out: its text cannot move to a neighbour without breaking the line limits.
+    back by as much when words are packed closer than that) and at most MAX_CUE_MS. Each cue leaves 1 ms of
+    the segment for every cue after it, so words the aligner piled up at the segment's end (it does so with
+    text the audio does not hold) still get their cues, brought forward. Only a segment with fewer
+    milliseconds than cues leaves some out: their text cannot move to a neighbour without breaking the line
+    limits.
     """
     out: list[Cue] = []
     for k, (lines, a, b) in enumerate(groups):
-        begin = max(times[a][0], out[-1].end_ms if out else start_ms)
+        latest = end_ms - (len(groups) - k - 1)  # the last end that leaves 1 ms to each cue still to come
+        floor = out[-1].end_ms if out else start_ms
+        begin = max(min(times[a][0], latest - 1), floor)
         following = times[groups[k + 1][1]][0] if k + 1 < len(groups) else end_ms
         finish = max(times[b - 1][1], min(begin + MIN_CUE_MS, following), begin + 1)
-        finish = min(finish, begin + MAX_CUE_MS, end_ms)
+        finish = min(finish, begin + MAX_CUE_MS, latest)
         if finish > begin:
             out.append(Cue(begin, finish, lines))
     return out

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from app.pipeline import MAX_IN_FLIGHT
 from tests.support import AISHELL, JFK, Server, make_audio, post, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -173,7 +174,7 @@ def test_ctrl_c_requeues_the_running_job_and_answers_503(tiny_checkpoint: Path, 
     """SIGINT to the whole process group, as a terminal sends it: the running job reruns after the restart
     (not failed as undecodable), a waiting sync request gets 503 shutting_down, nothing aborts."""
     data = tmp_path / "data"
-    args = ["--max-new-tokens", "4", "--job-workers", "1"]
+    args = ["--max-new-tokens", "8", "--job-workers", "1"]
     server = Server(tiny_checkpoint, data, args).start()
     long = make_audio(tmp_path, 600, "long.mp3")
     running = post(server, "/transcribe/async", long, segment_duration="1").json()["job_id"]
@@ -188,8 +189,11 @@ def test_ctrl_c_requeues_the_running_job_and_answers_503(tiny_checkpoint: Path, 
 
     waiting = threading.Thread(target=sync)
     waiting.start()
-    # The job holds at most 64 segments in the engine: more means the sync request's are there too.
-    wait_for(lambda: health(server)["model"]["pending_segments"] > 64, what="both requests in the engine")
+    # The job holds at most MAX_IN_FLIGHT segments in the engine, and the count may include a finished batch
+    # for a moment: past both, more than a batch of the sync request's waits too, so it cannot complete.
+    batch = health(server)["model"]["batch_size"]
+    wait_for(lambda: health(server)["model"]["pending_segments"] > MAX_IN_FLIGHT + 2 * batch,
+             what="both requests in the engine")  # fmt: skip
     server.stop(signal.SIGINT)
     waiting.join(60)
     first_log = server.log()

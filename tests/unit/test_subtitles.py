@@ -534,6 +534,18 @@ def test_fast_speech_prefers_cues_that_can_be_read() -> None:
     assert all(len(c.lines) <= MAX_LINES for c in got) and got[-1].end_ms <= 10000
 
 
+def test_words_piled_at_the_end_still_get_their_cues() -> None:
+    """An aligner that puts the last words at the segment's very end (it does with text the audio does not
+    hold): their cues are brought forward, 1 ms each, rather than left out."""
+    first = [(f"word{n}", 0.2 + n * 0.3, 0.4 + n * 0.3) for n in range(8)]
+    piled = [(f"end{n}.", 6.0, 6.0) for n in range(30)]
+    segment = aligned(0.0, 6.0, *first, *piled)
+    got = segment_cues(segment)
+    assert "".join("".join(c.text.split()) for c in got) == expected_chars(segment.text)
+    assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(got))
+    assert all(0 <= c.start_ms < c.end_ms <= 6000 for c in got) and got[-1].end_ms == 6000
+
+
 def random_words(rng: random.Random, segment: TranscriptSegment) -> TranscriptSegment:
     """The segment with aligner-like words: random lengths, random pauses, some out of order or outside."""
     from app.words import text_words
@@ -559,6 +571,7 @@ def test_random_aligned_transcripts_keep_the_timing_rules() -> None:
         check_rendered(t, got)
         previous = 0
         for segment in t.segments:
+            previous_before = previous
             seg_cues = segment_cues(segment, previous)
             if seg_cues:
                 previous = seg_cues[-1].end_ms
@@ -566,6 +579,9 @@ def test_random_aligned_transcripts_keep_the_timing_rules() -> None:
             ends = [min(ms(w.end), ms(segment.end)) for w in segment.words]
             # Long pauses between words (times made monotonic the way the renderer sees them).
             pauses = [(a, b) for a, b in zip(itertools.accumulate(ends, max), starts[1:], strict=False) if b - a > 1500]
+            if ms(segment.end) - max(ms(segment.start), previous_before) >= len(expected_chars(segment.text)):
+                # Time enough for a cue per character: whatever the words' times, no text is left out.
+                assert "".join("".join(c.text.split()) for c in seg_cues) == expected_chars(segment.text)
             for cue in seg_cues:
                 assert ms(segment.start) <= cue.start_ms < cue.end_ms <= ms(segment.end)
                 assert cue.end_ms - cue.start_ms <= MAX_CUE_MS and 1 <= len(cue.lines) <= MAX_LINES
