@@ -81,12 +81,14 @@ def create_app(settings: Settings | None = None, loader: BackendLoader | None = 
     from app.observability import install_observability
     from app.openai_api import bp as openai_bp
     from app.openapi import bp as openapi_bp
+    from app.vision_api import bp as vision_bp
     from app.web import bp as web_bp
     from app.web import install_content_policy
     from app.webservice import bp as webservice_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(vision_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(webservice_bp)
     app.register_blueprint(observability_bp)

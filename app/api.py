@@ -100,6 +100,7 @@ def health() -> Response:
             languages=shapes.LANGUAGES,
             translates=settings.model_variant.translates,
             takes_prompt=settings.model_variant.task != "caption",
+            sees=settings.model_variant.sees,
             defaults=settings.default_options().to_dict(),
         ),
         cluster=cluster,

@@ -235,9 +235,9 @@ def probe(path: str | Path, max_seconds: float | None = None) -> None:
         "ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", "a:0",
         "-show_entries", "stream=codec_type,sample_rate,channels,duration:format=duration", "-of", "json", str(path),
     ]  # fmt: skip
-    proc = _run_probe(cmd)
+    proc = run_probe(cmd)
     if proc.returncode != 0:
-        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
+        raise UnsupportedAudio(f"not decodable audio: {ffmpeg_reason(proc.stderr)}")
     try:
         info = json.loads(proc.stdout or b"{}")
     except ValueError:
@@ -259,9 +259,9 @@ def probe(path: str | Path, max_seconds: float | None = None) -> None:
         "ffmpeg", "-nostdin", "-v", "error", *INPUT_GUARD, "-i", str(path), "-map", "0:a:0", "-t", "1",
         "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
     ]  # fmt: skip
-    proc = _run_probe(decode_start)
+    proc = run_probe(decode_start)
     if proc.returncode != 0:
-        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
+        raise UnsupportedAudio(f"not decodable audio: {ffmpeg_reason(proc.stderr)}")
     if len(proc.stdout) < 4:
         raise UnsupportedAudio("the file contains no audio samples")
 
@@ -280,9 +280,9 @@ def compact(source: str | Path, target: str | Path, max_seconds: float | None = 
         )
     except subprocess.TimeoutExpired:
         raise DecodeInterrupted("compacting the upload took too long", retry_after=5) from None
-    _check_signalled(proc.returncode)
+    check_signalled(proc.returncode)
     if proc.returncode != 0:
-        raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(proc.stderr)}")
+        raise UnsupportedAudio(f"not decodable audio: {ffmpeg_reason(proc.stderr)}")
 
 
 def too_long(max_seconds: float, what: str) -> AudioTooLong:
@@ -290,7 +290,8 @@ def too_long(max_seconds: float, what: str) -> AudioTooLong:
     return AudioTooLong(f"the audio is longer than this server's limit of {max_seconds:g} s ({what})")
 
 
-def _run_probe(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+def run_probe(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ffprobe (or a short ffmpeg) on an upload: UnsupportedAudio if it takes too long."""
     try:
         # A session of its own: Ctrl-C in the service's terminal stops the service, which stops ffmpeg.
         proc = subprocess.run(
@@ -298,11 +299,11 @@ def _run_probe(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
         )
     except subprocess.TimeoutExpired:
         raise UnsupportedAudio("probing the upload took too long") from None
-    _check_signalled(proc.returncode)
+    check_signalled(proc.returncode)
     return proc
 
 
-def _check_signalled(returncode: int) -> None:
+def check_signalled(returncode: int) -> None:
     """DecodeInterrupted if a signal stopped ffmpeg: that is an interruption, not a verdict on the file."""
     # Killed outright (a negative code), or stopped by its own handler: ffmpeg exits 255 only after a signal
     # (its errors exit 1), and says so only at a log level above the one used here.
@@ -422,8 +423,8 @@ class _PcmReader:
             raise UnsupportedAudio("decoding the upload took too long") from None
         self._stderr_thread.join(timeout=10)
         if returncode != 0:
-            _check_signalled(returncode)
-            raise UnsupportedAudio(f"not decodable audio: {_ffmpeg_reason(self._stderr())}")
+            check_signalled(returncode)
+            raise UnsupportedAudio(f"not decodable audio: {ffmpeg_reason(self._stderr())}")
 
     def close(self) -> None:
         """Kill ffmpeg if it still runs, reap it, close the pipes."""
@@ -452,7 +453,7 @@ class _PcmReader:
         return bytes(self._head) + b"\n" + bytes(tail[tail.find(b"\n") + 1 :])
 
 
-def _ffmpeg_reason(stderr: bytes) -> str:
+def ffmpeg_reason(stderr: bytes) -> str:
     """The last meaningful line of ffmpeg's error output, without the local file path."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     if not lines:

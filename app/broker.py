@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from app import media
 from app.backends import (
     AlignmentRequest,
     ChatPrompt,
@@ -27,7 +28,8 @@ from app.backends import (
     GenerationRequest,
     GenerationResult,
 )
-from app.errors import BrokerUnavailable, InferenceFailed, ModelUnavailable, OutOfMemory, ServiceError
+from app.errors import BrokerUnavailable, InferenceFailed, MediaTooLarge, ModelUnavailable, OutOfMemory, ServiceError
+from app.media import Video
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ SEGMENT_TTL = 6 * 3600
 RESULT_TTL = 3600
 # The most audio one segment message may carry: 300 s (the longest segment) of 16 kHz int16 is 9.6 MB.
 MAX_SEGMENT_BYTES = 10 * 1024**2
+# The most a chat's media (audio, and images and video frames as PNG) may take in one message.
+MAX_MEDIA_BYTES = 64 * 1024**2
 # Errors a worker reports and a client raises again, by code; anything else is an inference failure.
 _REMOTE_ERRORS: dict[str, type[ServiceError]] = {
     cls.code: cls for cls in (ModelUnavailable, BrokerUnavailable, OutOfMemory, InferenceFailed)
@@ -150,7 +154,10 @@ def _samples(raw: bytes) -> np.ndarray:
 
 
 def encode_request(request: GenerationRequest | AlignmentRequest) -> tuple[dict[str, Any], bytes]:
-    """A request as JSON-able metadata and its audio as int16 PCM; ValueError when the audio is over the bound."""
+    """A request as JSON-able metadata and its media as bytes: audio as int16 PCM, then images and video frames
+    as PNG; ValueError when they are over the bound."""
+    images: list[np.ndarray] = []
+    videos: list[Video] = []
     if isinstance(request, AlignmentRequest):
         meta: dict[str, Any] = {"kind": "align", "text": request.text, "language": request.language}
         audio = _pcm(request.samples)
@@ -166,16 +173,34 @@ def encode_request(request: GenerationRequest | AlignmentRequest) -> tuple[dict[
         audios = request.chat.audios if request.chat is not None else [request.samples]
         if request.chat is not None:
             meta["messages"] = request.chat.messages
+            images, videos = request.chat.images, request.chat.videos
         meta["lengths"] = [len(a) for a in audios]
         audio = b"".join(_pcm(a) for a in audios)
     if len(audio) > MAX_SEGMENT_BYTES:
         raise ValueError(f"a segment's audio is {len(audio)} bytes, over the {MAX_SEGMENT_BYTES} a message may carry")
-    return meta, audio
+    if not images and not videos:
+        return meta, audio
+    pictures = [media.to_png(i) for i in images]
+    meta["images"] = [len(p) for p in pictures]
+    meta["videos"] = []
+    for video in videos:
+        frames = [media.to_png(f) for f in video.frames]
+        pictures.extend(frames)
+        meta["videos"].append({"fps": video.fps, "factor": video.grid.factor, "frames": [len(f) for f in frames]})
+    payload = audio + b"".join(pictures)
+    if len(payload) > MAX_MEDIA_BYTES:
+        raise MediaTooLarge(
+            f"the request's images and video are {len(payload) / 1024**2:.0f} MB once compressed, over the "
+            f"{MAX_MEDIA_BYTES // 1024**2} MB a cluster message may carry: send smaller or shorter media"
+        )
+    meta["audio_bytes"] = len(audio)
+    return meta, payload
 
 
-def decode_request(meta: dict[str, Any], audio: bytes) -> GenerationRequest | AlignmentRequest:
+def decode_request(meta: dict[str, Any], payload: bytes) -> GenerationRequest | AlignmentRequest:
     """The request encode_request() wrote (without its streaming callback, which the worker sets)."""
-    samples = _samples(audio)
+    audio_end = meta.get("audio_bytes", len(payload))
+    samples = _samples(payload[:audio_end])
     if meta["kind"] == "align":
         return AlignmentRequest(samples, meta["text"], meta["language"])
     pieces: list[np.ndarray] = []
@@ -184,9 +209,21 @@ def decode_request(meta: dict[str, Any], audio: bytes) -> GenerationRequest | Al
         pieces.append(samples[start : start + length])
         start += length
     params = GenerationParams(**meta["params"])
-    if "messages" in meta:
-        return GenerationRequest.for_chat(ChatPrompt(meta["messages"], pieces), params)
-    return GenerationRequest(pieces[0], params, meta["language"], meta["prompt"], task=meta["task"])
+    if "messages" not in meta:
+        return GenerationRequest(pieces[0], params, meta["language"], meta["prompt"], task=meta["task"])
+    at = audio_end
+
+    def picture(size: int) -> np.ndarray:
+        nonlocal at
+        at += size
+        return media.from_png(payload[at - size : at])
+
+    images = [picture(size) for size in meta.get("images", [])]
+    videos = [
+        Video(np.stack([picture(size) for size in v["frames"]]), v["fps"], media.Grid(v["factor"]))
+        for v in meta.get("videos", [])
+    ]
+    return GenerationRequest.for_chat(ChatPrompt(meta["messages"], pieces, images, videos), params)
 
 
 def encode_result(result: GenerationResult | list[tuple[str, float, float]] | None) -> str:

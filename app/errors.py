@@ -74,6 +74,12 @@ class InvalidOption(InvalidRequest):
         self.param = field
 
 
+class RemoteMediaRefused(InvalidRequest):
+    """A remote image_url/video_url is not fetched: the message says which URL and why (address, size, time)."""
+
+    code = "remote_media_refused"
+
+
 class Unauthorized(ServiceError):
     """API keys are configured and the request carries none of them."""
 
@@ -117,6 +123,20 @@ class UnsupportedAudio(ServiceError):
     code = "unsupported_audio"
 
 
+class UnsupportedMedia(ServiceError):
+    """An image or video part cannot be decoded, or has a shape the vision tower cannot take."""
+
+    status = 415
+    code = "unsupported_media"
+
+
+class MediaTooLarge(ServiceError):
+    """An image or video is over the server's bounds (pixels, duration) or the model's context."""
+
+    status = 413
+    code = "media_too_large"
+
+
 class NoSpeech(ServiceError):
     """The audio decodes, but holds no speech to identify a language in."""
 
@@ -129,6 +149,13 @@ class JobNotFound(ServiceError):
 
     status = 404
     code = "job_not_found"
+
+
+class MediaNotFound(ServiceError):
+    """No kept image or video has this media_id (expired, never existed, or another key's)."""
+
+    status = 404
+    code = "media_not_found"
 
 
 class ResultNotReady(ServiceError):

@@ -19,13 +19,13 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import core_schema
 
 from app.errors import HTTP_CODES, OPENAI_STATUS, ServiceError
-from app.protocol import native, openai, webservice
+from app.protocol import native, openai, vision, webservice
 from app.protocol.validation import allowed
 from app.services import current_services
 from app.settings import Settings
 
 # The version of the HTTP API this document describes; bump it when a route or a body changes.
-API_VERSION = "0.4.0"
+API_VERSION = "0.5.0"
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Qwen-Omni speech transcription service"
 # Both schemes are alternatives: a request passes with either header when the server has keys configured.
@@ -77,6 +77,8 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (openai.VerboseTranslation, "serialization"),
     (webservice.AsrTranscription, "serialization"),
     (webservice.DetectedLanguage, "serialization"),
+    (vision.OcrResult, "serialization"),
+    (vision.Description, "serialization"),
 ]
 
 
@@ -693,9 +695,98 @@ def _webservice_operations(settings: Settings) -> list[_Operation]:
     ]
 
 
+_VISION_ERRORS = (400, 401, 404, 408, 413, 415, 429, 500, 503, 507)
+
+
+def _vision_body(
+    settings: Settings, takes: str, fields: tuple[str, ...], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The multipart body of a vision route: the file (or a media_id) and the route's form fields."""
+    schema = vision.VisionForm.model_json_schema(schema_generator=_Schema)["properties"]
+    file = {
+        "type": "string",
+        "contentMediaType": "application/octet-stream",
+        "format": "binary",
+        "description": f"{takes}; at most {settings.max_upload_size} bytes. Leave it out to ask about media_id.",
+    }
+    properties = {"file": file, **{name: _form_property(schema[name]) for name in ("media_id", *fields)}}
+    return {
+        "required": True,
+        "description": "Multipart form: the file in `file`, or the `media_id` of one sent before.",
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": list(required), "properties": properties}}
+        },
+    }
+
+
+def _vision_operations(settings: Settings) -> list[_Operation]:
+    sees = settings.model_variant.sees
+    refusal = "" if sees else f" This server's variant answers 400: {settings.model_variant.why_blind}."
+    image = "An image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF"
+    media_note = (
+        " Images are scaled, aspect kept, to multiples of 28 pixels with at most 12,845,056 pixels (the processor's "
+        "own bounds); videos are sampled at 2 frames per second (4 to 768 frames, fewer when the context is short), "
+        "their sound not used. The answer's media_id asks more about the same file for an hour after its last use."
+    )
+    ocr_ok = {
+        "description": "The text: a text/plain attachment, or OcrResult with ?format=json.",
+        "headers": {
+            "Content-Disposition": _header("attachment; filename=ocr_result_<YYYYMMDDHHMMSS>.txt (text only)."),
+            "X-Media-Id": _header("The media_id of the image (text only; JSON has it in the body)."),
+        },
+        "content": {"text/plain": {"schema": _TEXT}, **_json("OcrResult")},
+    }
+    return [
+        _Operation(
+            "/ocr",
+            "post",
+            "ocr",
+            "All the readable text of an image, plain, without commentary",
+            "vision",
+            {"200": ocr_ok, **_errors(*_VISION_ERRORS)},
+            _vision_body(settings, image, ("max_new_tokens", "temperature")),
+            description="Greedy decoding unless temperature is sent." + media_note + refusal,
+            extra={"parameters": _query_parameters(vision.OcrQuery)},
+        ),
+        _Operation(
+            "/describe",
+            "post",
+            "describe",
+            "Answer a question about an image or a video (default: describe it)",
+            "vision",
+            {"200": {"description": "The answer.", "content": _json("Description")}, **_errors(*_VISION_ERRORS)},
+            _vision_body(
+                settings,
+                f"{image}; or a video: MP4, WebM, MOV, MKV, AVI",
+                ("question", "max_new_tokens", "temperature"),
+            ),
+            description="A follow-up with media_id is answered with the earlier questions and answers about that "
+            "file (the last 8) as context." + media_note + refusal,
+        ),
+        _Operation(
+            "/describe-region",
+            "post",
+            "describeRegion",
+            "Describe what is inside a rectangle of an image",
+            "vision",
+            {"200": {"description": "The answer.", "content": _json("Description")}, **_errors(*_VISION_ERRORS)},
+            _vision_body(settings, image, ("box", "question", "max_new_tokens", "temperature"), required=("box",)),
+            description="box is x1,y1,x2,y2 in the uploaded image's pixels: exactly four numbers separated by commas, "
+            "x1 < x2, y1 < y2, inside the image; anything else is 400 naming box and the rule. The model sees the "
+            "whole image with the box drawn in red, then a close-up of the box with 15% of its size around it as "
+            "context." + media_note + refusal,
+        ),
+    ]
+
+
 def _paths(settings: Settings) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    operations = [*_native_operations(settings), *_v1_operations(settings), *_webservice_operations(settings)]
+    operations = [
+        *_native_operations(settings),
+        *_vision_operations(settings),
+        *_v1_operations(settings),
+        *_webservice_operations(settings),
+    ]
     for operation in operations:
         item = paths.setdefault(operation.path, {})
         if operation.path.startswith("/status/{job_id}"):
@@ -721,7 +812,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "version": API_VERSION,
             "description": "Speech to text on the Qwen-Omni family: plain text, JSON with timed segments, SRT and "
             "WebVTT, synchronously or as asynchronous jobs, and an OpenAI-compatible API under /v1 "
-            "(transcriptions, models, chat with audio). Security applies only when the server has API keys "
+            "(transcriptions, models, chat with audio, images and video), and OCR and descriptions of images and "
+            "video. Security applies only when the server has API keys "
             "configured (ASR_API_KEY); then every route but /health needs one, sent as `Authorization: Bearer "
             "<key>` or `X-API-Key: <key>`. Errors on /v1 use OpenAI's envelope. Every response of the service "
             "carries an `X-Request-ID` header: the client's own (a token of up to 128 letters, digits and `._:-`) "
@@ -733,6 +825,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             {"name": "jobs", "description": "Asynchronous transcription jobs."},
             {"name": "openai", "description": "The OpenAI-compatible API."},
             {"name": "webservice", "description": "whisper-asr-webservice's API, for its clients."},
+            {"name": "vision", "description": "Images and video: OCR, descriptions, regions, follow-up questions."},
         ],
         "security": SECURITY,
         "paths": _paths(settings),

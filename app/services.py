@@ -17,6 +17,7 @@ from app.checkpoints import DownloadProgress
 from app.engine import Engine, Inference
 from app.errors import ServiceError
 from app.jobs import JobRunner, JobStore, Store
+from app.media_store import MediaStore
 from app.metrics import Metrics, cluster_figures, engine_figures, job_figures
 from app.pipeline import Pipeline
 from app.redis_jobs import RedisJobStore
@@ -45,6 +46,8 @@ class Services:
     disk: DiskGuard
     download: DownloadProgress
     metrics: Metrics
+    # Images and videos kept for follow-up questions (the native vision routes), on this node's disk.
+    media: MediaStore
 
     def start(self) -> None:
         """Start the inference worker and the job runners (the model itself still loads lazily)."""
@@ -218,4 +221,5 @@ def build_services(settings: Settings, loader: BackendLoader | None = None) -> S
         yield from job_figures(counts)
 
     metrics.watch(scraped)
-    return Services(settings, engine, pipeline, store, runner, uploads, outputs, disk, download, metrics)
+    media = MediaStore(data / "media")
+    return Services(settings, engine, pipeline, store, runner, uploads, outputs, disk, download, metrics, media)

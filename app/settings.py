@@ -135,6 +135,12 @@ class Settings:
     retention_hours: float = _setting(
         168.0, "ASR_RETENTION_HOURS", "hours finished jobs and outputs are kept (0 = forever)"
     )
+    # Images and videos named by http(s) URL in a chat are fetched only when this is on, and then never from
+    # loopback, private or link-local addresses (checked after DNS resolution and on every redirect), within
+    # app.media's byte bounds and app.vision's REMOTE_MEDIA_SECONDS. Off, a chat sends its media as data: URLs.
+    allow_remote_media: bool = _setting(
+        False, "ASR_ALLOW_REMOTE_MEDIA", "fetch chat images and videos from public http(s) URLs"
+    )
     # Cluster mode: a Redis URL (redis://host:6379/0). The HTTP service then loads no model: it decodes and
     # segments, queues the segments in Celery on this Redis, and keeps its jobs there; serve/worker.py
     # processes, one per GPU, run the model. Empty: one process does everything (the default).

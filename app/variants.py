@@ -53,6 +53,27 @@ class Variant:
         return self.family != "qwen3-asr"
 
     @property
+    def sees(self) -> bool:
+        """Whether images and video are served (chat, /ocr, /describe): the Omni thinkers have a vision tower;
+        the Captioner was tuned to describe audio alone, and Qwen3-ASR has no vision tower at all."""
+        return self.family != "qwen3-asr" and self.task != "caption"
+
+    @property
+    def vision_factor(self) -> int:
+        """Pixels per side of the block one vision token stands for: 14-pixel patches (Qwen2.5-Omni) or 16-pixel
+        ones (Qwen3-Omni), merged 2 x 2."""
+        return 32 if self.family == "qwen3-omni" else 28
+
+    @property
+    def why_blind(self) -> str:
+        """Why images and video are refused, in a client's words; empty when they are served."""
+        if self.task == "caption":
+            return "the Captioner describes audio and takes no images or video"
+        if self.family == "qwen3-asr":
+            return "Qwen3-ASR has no vision tower; an Omni variant (awq, full, 3b, instruct-awq) sees images and video"
+        return ""
+
+    @property
     def identifies(self) -> bool:
         """Whether the language spoken can be asked for (/detect-language): not of the Captioner, which takes
         no question."""

@@ -40,6 +40,8 @@ class Family:
     thinker_config_class: str
     thinker_class: str
     config_class: str
+    # The vision tower's patch side in pixels (merged 2 x 2 into one token): the processors must cut the same.
+    vision_patch: int
 
 
 FAMILIES = {
@@ -57,6 +59,7 @@ FAMILIES = {
         thinker_config_class="Qwen2_5OmniThinkerConfig",
         thinker_class="Qwen2_5OmniThinkerForConditionalGeneration",
         config_class="Qwen2_5OmniConfig",
+        vision_patch=14,
     ),
     "qwen3-omni": Family(
         named_tokens={
@@ -72,6 +75,7 @@ FAMILIES = {
         thinker_config_class="Qwen3OmniMoeThinkerConfig",
         thinker_class="Qwen3OmniMoeThinkerForConditionalGeneration",
         config_class="Qwen3OmniMoeConfig",
+        vision_patch=16,
     ),
 }
 
@@ -249,9 +253,16 @@ def build(
     features = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400, return_attention_mask=True
     )
+    # The released processors' bounds, in blocks of the merged patches: images of 4 to 16384 blocks, video
+    # frames of 128 to 768 (the sizes app/media.py sizes for).
+    block = (2 * family.vision_patch) ** 2
     processor = getattr(transformers, family.processor_class)(
-        image_processor=Qwen2VLImageProcessor(),
-        video_processor=Qwen2VLVideoProcessor(),
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=family.vision_patch, size={"shortest_edge": 4 * block, "longest_edge": 16384 * block}
+        ),
+        video_processor=Qwen2VLVideoProcessor(
+            patch_size=family.vision_patch, size={"shortest_edge": 128 * block, "longest_edge": 768 * block}
+        ),
         feature_extractor=features,
         tokenizer=tokenizer,
         chat_template=chat_template(family),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from app.audio import SAMPLE_RATE
+from app.media import Video, image_tokens
 from app.transcript import StopReason
 
 # Runaway guard: no speech needs more than this many new tokens per second of audio, plus a margin for short
@@ -26,6 +27,9 @@ PROMPT_TOKENS = 40
 # A chat turn's own tokens (<|im_start|>role, newlines, <|im_end|>), and an audio part's begin and end markers.
 MESSAGE_TOKENS = 8
 AUDIO_MARKER_TOKENS = 2
+VISION_MARKER_TOKENS = 2
+# The media a chat's content parts may stand for.
+MEDIA_PARTS = ("audio", "image", "video")
 # Byte-level BPE averages about 4 UTF-8 bytes per English token and about 3 (one character) per Chinese one:
 # counting a token per 3 bytes rarely underestimates.
 BYTES_PER_TOKEN = 3
@@ -68,20 +72,25 @@ def audio_tokens(samples: np.ndarray) -> int:
 
 @dataclass(frozen=True, eq=False)
 class ChatPrompt:
-    """A conversation for the thinker: processor-format messages plus the audio for their audio parts."""
+    """A conversation for the thinker: processor-format messages plus the media for their audio, image and video
+    parts."""
 
     # [{"role": "system" | "user" | "assistant", "content": [part, ...]}], each part {"type": "text", "text": str}
-    # or {"type": "audio"}; a plain string content is one text part.
+    # or {"type": "audio" | "image" | "video"}; a plain string content is one text part.
     messages: list[dict[str, Any]]
     # 16 kHz mono float32, one per {"type": "audio"} part, in message order.
     audios: list[np.ndarray]
+    # RGB uint8 (height x width x 3) at the processor's size (app.media), one per {"type": "image"} part.
+    images: list[np.ndarray] = field(default_factory=list)
+    # Sampled frames, one per {"type": "video"} part.
+    videos: list[Video] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Checked here, in the request's own thread: a malformed conversation must never reach the worker,
         # where it would fail the whole batch it shares with other requests.
         if not self.messages:
             raise ValueError("a chat needs at least one message")
-        parts = 0
+        parts = dict.fromkeys(MEDIA_PARTS, 0)
         for message in self.messages:
             if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
                 raise ValueError(f"each message needs a role among {sorted(CHAT_ROLES)}")
@@ -92,19 +101,37 @@ class ChatPrompt:
                 raise ValueError("a message's content must be a string or a list of parts")
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "audio":
-                    parts += 1
+                if kind in parts:
+                    parts[kind] += 1
                 elif kind != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError('each content part must be {"type": "text", "text": str} or {"type": "audio"}')
-        if parts != len(self.audios):
-            raise ValueError(f"the messages have {parts} audio parts but {len(self.audios)} audios were given")
+                    raise ValueError(
+                        'each content part must be {"type": "text", "text": str} or {"type": "audio" | "image" | '
+                        '"video"}'
+                    )
+        given = {"audio": len(self.audios), "image": len(self.images), "video": len(self.videos)}
+        for kind, count in parts.items():
+            if count != given[kind]:
+                raise ValueError(f"the messages have {count} {kind} parts but {given[kind]} {kind}s were given")
         for audio in self.audios:
             if not isinstance(audio, np.ndarray) or audio.ndim != 1:
                 raise ValueError("each audio must be a 1-D array of 16 kHz mono samples")
+        for image in self.images:
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError("each image must be RGB uint8, height x width x 3")
+        for video in self.videos:
+            frames = video.frames
+            if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or not video.fps > 0:
+                raise ValueError("each video must be RGB uint8 frames, frames x height x width x 3, at a rate")
+
+    @property
+    def sees(self) -> bool:
+        """Whether the conversation holds images or video (only variants with a vision tower take it)."""
+        return bool(self.images or self.videos)
 
     @cached_property
     def estimated_tokens(self) -> int:
-        """Upper estimate of the prompt length: template, text and audio (cached: the engine asks often)."""
+        """Upper estimate of the prompt length: template, text, audio, images and video (cached: the engine asks
+        often)."""
         texts = 0
         for message in self.messages:
             content = message["content"]
@@ -112,7 +139,10 @@ class ChatPrompt:
             texts += sum(len(piece.encode()) for piece in pieces)
         # The backend pads audio shorter than a second to a second.
         audio = sum(max(audio_tokens(a), AUDIO_TOKENS_PER_SECOND) + AUDIO_MARKER_TOKENS for a in self.audios)
-        return PROMPT_TOKENS + MESSAGE_TOKENS * len(self.messages) + math.ceil(texts / BYTES_PER_TOKEN) + audio
+        vision = sum(image_tokens(i) + VISION_MARKER_TOKENS for i in self.images)
+        vision += sum(v.tokens + VISION_MARKER_TOKENS for v in self.videos)
+        prompt = PROMPT_TOKENS + MESSAGE_TOKENS * len(self.messages) + math.ceil(texts / BYTES_PER_TOKEN)
+        return prompt + audio + vision
 
 
 @dataclass(frozen=True, eq=False)

@@ -75,6 +75,34 @@ def load_dtype(device: str) -> Any:
     return {"cuda": "auto", "mps": torch.float16}.get(device, torch.float32)
 
 
+def vision_dtype(device: str, model_dtype: Any) -> Any:
+    """The vision tower's dtype: never float16, whose range the Qwen-VL vision blocks overflow (garbage answers
+    on images), but bfloat16 where the device has it, else float32. Other dtypes are kept as they are.
+
+    A float16 model (AWQ on CUDA, anything on MPS) gets its tower in bfloat16: the tower casts the pixels to its
+    own dtype, and the thinker casts the image embeddings to its own before merging them.
+    """
+    import torch
+
+    if model_dtype != torch.float16:
+        return model_dtype
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device == "mps" and _mps_has_bfloat16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _mps_has_bfloat16() -> bool:
+    """Whether MPS computes in bfloat16 (macOS 14 and later; older ones raise)."""
+    import torch
+
+    try:
+        return bool((torch.ones(2, dtype=torch.bfloat16, device="mps") * 2).sum().item() == 4)
+    except (RuntimeError, TypeError):
+        return False
+
+
 def attention(settings: Settings, device: str) -> str:
     """flash_attention_2 when asked for and available on CUDA, else sdpa (with a warning if it was asked for)."""
     from transformers.utils.import_utils import is_flash_attn_2_available

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from app.backends import BackendOutOfMemory, GenerationRequest, GenerationResult, RequestTask, printable
 from app.backends.choices import Choice, ChoiceConstraint, chosen
-from app.backends.loading import attention, complete, load_dtype, thinker_loading
+from app.backends.loading import attention, complete, load_dtype, thinker_loading, vision_dtype
 from app.backends.stopping import (
     RepetitionLoop,
     RowTokenLimits,
@@ -22,6 +23,7 @@ from app.backends.stopping import (
     trim_repetition,
 )
 from app.devices import resolve_device
+from app.media import Video
 from app.protocol.native import LANGUAGES
 from app.settings import Settings
 from app.transcript import StopReason
@@ -99,6 +101,8 @@ class QwenOmniBackend:
         self._streams: weakref.WeakKeyDictionary[GenerationRequest, StreamState] = weakref.WeakKeyDictionary()
         # The answers a language identification may give, tokenized once.
         self._choices: list[Choice] | None = None
+        # --low-vram on a GPU: the vision tower waits in CPU memory and visits the GPU for batches that see.
+        self.vision_parked = False
 
     @classmethod
     def load(cls, settings: Settings, checkpoint: str) -> QwenOmniBackend:
@@ -134,21 +138,48 @@ class QwenOmniBackend:
             **quant_kwargs,
         )
         model = complete(loaded, checkpoint)
-        if device == "cuda" and settings.low_vram and getattr(model.model, "visual", None) is not None:
-            # Audio never reaches the vision tower: keep its weights in CPU memory, not VRAM.
+        visual = getattr(model.model, "visual", None)
+        if visual is not None:
+            visual.to(vision_dtype(device, model.dtype))
+        parked = device == "cuda" and settings.low_vram and visual is not None
+        if parked:
+            # Audio never reaches the vision tower: keep its weights in CPU memory, not VRAM, until a batch
+            # holds images or video.
             model.model.visual.to("cpu")
             torch.cuda.empty_cache()
         model.eval()
         log.info("loaded %s (%s, %s weights) on %s, %s", settings.checkpoint_path, variant.name, weights, device, attn)
-        return cls(model, processor, device, variant.task)
+        backend = cls(model, processor, device, variant.task)
+        backend.vision_parked = parked
+        return backend
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch of segments and chats in one generate call (left padding), each with its own token limit."""
+        if batch[0].task == "identify":
+            return self._identify(batch)
+        if self.vision_parked and any(r.chat is not None and r.chat.sees for r in batch):
+            with self._vision_on_device():
+                return self._generate(batch)
+        return self._generate(batch)
+
+    @contextmanager
+    def _vision_on_device(self) -> Iterator[None]:
+        """The parked vision tower on the model's device for one batch, back in CPU memory after it."""
+        import torch
+
+        visual = self.model.model.visual
+        try:
+            visual.to(self.model.device)
+            yield
+        finally:
+            visual.to("cpu")
+            torch.cuda.empty_cache()
+
+    def _generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """generate() for a batch of segments and chats, the vision tower where it must be."""
         import torch
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
 
-        if batch[0].task == "identify":
-            return self._identify(batch)
         params = batch[0].params
         inputs = self._inputs(batch)
         prompt_length = inputs["input_ids"].shape[1]
@@ -254,29 +285,48 @@ class QwenOmniBackend:
 
     def _inputs(self, batch: Sequence[GenerationRequest]) -> Any:
         """The processor's tensors for a batch on the model's device: one prompt per row, left padded."""
+        import torch
+
         texts: list[str] = []
         audio: list[np.ndarray] = []
+        images: list[np.ndarray] = []
+        videos: list[Video] = []
         for r in batch:
             if r.chat is not None:
                 messages, clips = r.chat.messages, r.chat.audios
+                images.extend(r.chat.images)
+                videos.extend(r.chat.videos)
             else:
                 messages, clips = conversation(self.task, r.language, r.prompt, r.task), [r.samples]
             texts.append(
                 self.processor.apply_chat_template(self._plain(messages), add_generation_prompt=True, tokenize=False)
             )
             audio.extend(_at_least(a, MIN_SAMPLES) for a in clips)
-        # The processor fills the audio placeholders of all rows, in order, from this one flat list.
-        audio_inputs: dict[str, Any] = {}
+        # The processor fills the placeholders of all rows, in order, from these flat lists.
+        media: dict[str, Any] = {}
         if audio:
             # Pad features to the longest audio in this batch, not to the extractor's 300 s default.
             longest = max(len(a) for a in audio)
-            audio_inputs = {"audio": audio, "audio_kwargs": {"max_length": longest}}
+            media.update(audio=audio, audio_kwargs={"max_length": longest})
+        if images:
+            media["images"] = images
+        if videos:
+            # The frames were sampled and sized already (app.media): the processor takes them as they are.
+            # (The per-frame pixel cap is the one app.media already applied: it changes nothing, but says so.)
+            media.update(
+                videos=[v.frames for v in videos], videos_kwargs={"fps": videos[0].fps, "cap_pixels_per_frame": True}
+            )
         # Left padding, said explicitly: a checkpoint's tokenizer_config.json asking for "right" would otherwise
         # win over the processor's default and shift the padded rows' prompts away from their answers.
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, padding_side="left", **audio_inputs)
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, padding_side="left", **media)
+        if videos and "video_second_per_grid" in inputs:
+            # The processor times every video of a call by one rate; each was sampled at its own.
+            temporal = self.processor.video_processor.temporal_patch_size
+            inputs["video_second_per_grid"] = torch.tensor([temporal / v.fps for v in videos])
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        # Pixels stay float32: the vision tower casts them to its own dtype (see vision_dtype).
         return inputs
 
     def _result(self, ids: list[int], limit: int, looped: bool, prompt_tokens: int = 0) -> GenerationResult:
@@ -298,13 +348,13 @@ class QwenOmniBackend:
         return printable(str(self.processor.decode(ids, skip_special_tokens=True)))
 
     def _plain(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """messages rebuilt from roles, text and audio parts alone, the text free of special tokens."""
+        """messages rebuilt from roles, text and media parts alone, the text free of special tokens."""
         # Only what ChatPrompt checked reaches the template: other keys (image_url, name...) could make it
         # render placeholders the batch has no data for.
         strip = self._special.sub if self._special is not None else (lambda _, text: text)
 
         def part(p: dict[str, Any]) -> dict[str, Any]:
-            return {"type": "text", "text": strip("", p["text"])} if p["type"] == "text" else {"type": "audio"}
+            return {"type": "text", "text": strip("", p["text"])} if p["type"] == "text" else {"type": p["type"]}
 
         out = []
         for message in messages:

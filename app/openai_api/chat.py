@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: conversations with text and audio, answered by the loaded thinker."""
+"""POST /v1/chat/completions: conversations with text, audio, images and video, answered by the loaded thinker."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from flask import Response, current_app, jsonify, request
 
-from app import audio
+from app import audio, media, vision
 from app.backends import ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
 from app.checkpoints import context_tokens
 from app.errors import AudioTooLong, InvalidOption, InvalidRequest
@@ -35,7 +35,11 @@ from app.protocol.openai import (
     ChunkChoice,
     ChunkDelta,
     FinishReason,
+    ImagePart,
+    ImageUrlPart,
     InputAudioPart,
+    TextPart,
+    VideoUrlPart,
     chunk_body,
 )
 from app.protocol.validation import validate
@@ -50,7 +54,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 
 
 def chat_completions() -> Response:
-    """OpenAI chat completions with text and input_audio parts, answered by the loaded thinker."""
+    """OpenAI chat completions with text, audio, image and video parts, answered by the loaded thinker."""
     services = current_services()
     settings = services.settings
     body = validate(ChatCompletionRequest, _json_object(), request_errors=frozenset({"model"}))
@@ -62,21 +66,21 @@ def chat_completions() -> Response:
             "(POST /v1/audio/transcriptions) but does not chat",
         )
     params = _params(body, settings)
-    chat = _prompt(body.messages, services)
-    _check_context(chat, params, settings)
+    chat = _prompt(body.messages, services, params)
+    check_context(chat, params, settings)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     if body.stream:
         return _stream_chat(services, chat, params, model, completion_id, include_usage)
-    result = _answer(services.engine.submit([GenerationRequest.for_chat(chat, params)])[0], client_check())
-    answer = ChatCompletion(
+    result = answer(services.engine.submit([GenerationRequest.for_chat(chat, params)])[0], client_check())
+    completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
         model=model,
-        choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=_finish_reason(result))],
+        choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=finish_reason(result))],
         usage=_usage(result),
     )
-    return jsonify(answer.body())
+    return jsonify(completion.body())
 
 
 def _json_object() -> Any:
@@ -101,7 +105,7 @@ def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams
     return GenerationParams(limit or defaults.max_new_tokens, float(temperature), defaults.repetition_penalty)
 
 
-def _check_context(chat: ChatPrompt, params: GenerationParams, settings: Settings) -> None:
+def check_context(chat: ChatPrompt, params: GenerationParams, settings: Settings) -> None:
     """The prompt and the answer it asks for must fit the model's context: a clear 400 rather than a long failure."""
     context = context_tokens(settings)
     prompt = chat.estimated_tokens
@@ -113,22 +117,46 @@ def _check_context(chat: ChatPrompt, params: GenerationParams, settings: Setting
         )
 
 
-def _prompt(messages: list[ChatMessage], services: Services) -> ChatPrompt:
-    """The conversation in the processor's form, with the decoded audio of its input_audio parts in order."""
+def _prompt(messages: list[ChatMessage], services: Services, params: GenerationParams) -> ChatPrompt:
+    """The conversation in the processor's form, with the decoded media of its parts in order."""
+    settings = services.settings
     converted: list[dict[str, Any]] = []
     audios: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    videos: list[media.Video] = []
     for i, message in enumerate(messages):
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(message.content):
-            if isinstance(part, InputAudioPart):
+            where = f"messages[{i}].content[{j}]"
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            elif isinstance(part, InputAudioPart):
                 heard = sum(len(a) for a in audios) / audio.SAMPLE_RATE
-                where = f"messages[{i}].content[{j}].input_audio.data"
+                where += ".input_audio.data"
                 audios.append(_decode_audio(part.input_audio.data, where, services, MAX_CHAT_AUDIO_SECONDS - heard))
                 parts.append({"type": "audio"})
+            elif isinstance(part, ImageUrlPart | ImagePart):
+                url, detail = (
+                    (part.image_url.url, part.image_url.detail)
+                    if isinstance(part, ImageUrlPart)
+                    else (part.image, "auto")
+                )
+                where += ".image_url.url" if isinstance(part, ImageUrlPart) else ".image"
+                vision.require_sight(settings, where)
+                data = vision.fetch_bytes(url, where, settings, media.MAX_IMAGE_BYTES)
+                images.append(vision.image(data, where, vision.grid(settings), detail))
+                parts.append({"type": "image"})
             else:
-                parts.append({"type": "text", "text": part.text})
+                url = part.video_url.url if isinstance(part, VideoUrlPart) else part.video
+                where += ".video_url.url" if isinstance(part, VideoUrlPart) else ".video"
+                vision.require_sight(settings, where)
+                so_far = ChatPrompt([*converted, {"role": "user", "content": parts}], audios, images, videos)
+                room = context_tokens(settings) - params.max_new_tokens - so_far.estimated_tokens
+                data = vision.fetch_bytes(url, where, settings, media.MAX_VIDEO_BYTES)
+                videos.append(vision.video(data, where, services.uploads_dir, room, vision.grid(settings)))
+                parts.append({"type": "video"})
         converted.append({"role": ROLES[message.role], "content": parts})
-    return ChatPrompt(converted, audios)
+    return ChatPrompt(converted, audios, images, videos)
 
 
 def _decode_audio(data: str, where: str, services: Services, budget: float) -> np.ndarray:
@@ -152,7 +180,7 @@ def _decode_audio(data: str, where: str, services: Services, budget: float) -> n
     return first.samples
 
 
-def _answer(future: Future[GenerationResult], check: Check | None) -> GenerationResult:
+def answer(future: Future[GenerationResult], check: Check | None) -> GenerationResult:
     """The chat's answer; given up (and its work cancelled) if check raises while waiting: the client left."""
     try:
         while True:
@@ -165,7 +193,7 @@ def _answer(future: Future[GenerationResult], check: Check | None) -> Generation
         future.cancel()  # a no-op once it has its result
 
 
-def _finish_reason(result: GenerationResult) -> FinishReason:
+def finish_reason(result: GenerationResult) -> FinishReason:
     return "stop" if result.stop_reason == "eos" else "length"
 
 
@@ -205,7 +233,7 @@ def _stream_chat(
             if piece:
                 yield chunk([ChunkChoice(delta=ChunkDelta(content=str(piece)))])
         result = future.result()
-        yield chunk([ChunkChoice(delta=ChunkDelta(), finish_reason=_finish_reason(result))])
+        yield chunk([ChunkChoice(delta=ChunkDelta(), finish_reason=finish_reason(result))])
         if include_usage:
             yield chunk([], _usage(result))
         yield sse("[DONE]")

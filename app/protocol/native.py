@@ -534,6 +534,10 @@ class UploadConfig(Shape):
     languages: dict[str, str] = Field(description="The language codes the language option takes, with their names.")
     translates: bool = Field(description="Whether task=translate is served (the Omni variants).")
     takes_prompt: bool = Field(description="Whether a prompt is taken (not by the Captioner).")
+    sees: bool = Field(
+        description="Whether images and video are served (/ocr, /describe, /describe-region, chat image and video "
+        "parts): the Omni variants but the Captioner."
+    )
     defaults: dict[str, OptionDefault] = Field(
         description="The transcription options a form leaves out take these values (TranscribeOptions' fields)."
     )

@@ -195,7 +195,64 @@ class InputAudioPart(Part):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[TextPart | InputAudioPart, Discriminator("type")]
+def _url_object(value: object) -> object:
+    """A bare URL string (as some clients send image_url) is the object {"url": ...}."""
+    return {"url": value} if isinstance(value, str) else value
+
+
+MEDIA_URL = (
+    "A data: URL with base64 content (data:image/png;base64,...), or an http(s) URL when the server allows remote "
+    "media (--allow-remote-media)."
+)
+
+
+class ImageUrl(Part):
+    """An image: PNG, JPEG, WebP, GIF (its first frame), BMP or TIFF."""
+
+    url: str = Field(min_length=1, description=MEDIA_URL)
+    detail: Literal["auto", "low", "high"] = Field(
+        "auto",
+        description="low: at most 448 x 448 pixels (256 tokens); auto and high: the processor's full size.",
+    )
+
+
+class ImageUrlPart(Part):
+    """An image in a message, OpenAI's way."""
+
+    type: Literal["image_url"]
+    image_url: Annotated[ImageUrl, BeforeValidator(_url_object, json_schema_input_type=str | ImageUrl)]
+
+
+class VideoUrl(Part):
+    """A video: MP4, WebM, MOV, MKV, AVI; its frames are sampled at 2 per second (its sound is not heard)."""
+
+    url: str = Field(min_length=1, description=MEDIA_URL)
+
+
+class VideoUrlPart(Part):
+    """A video in a message (the extension vLLM and others accept)."""
+
+    type: Literal["video_url"]
+    video_url: Annotated[VideoUrl, BeforeValidator(_url_object, json_schema_input_type=str | VideoUrl)]
+
+
+class ImagePart(Part):
+    """An image in a message, Qwen-VL's way."""
+
+    type: Literal["image"]
+    image: str = Field(min_length=1, description=MEDIA_URL)
+
+
+class VideoPart(Part):
+    """A video in a message, Qwen-VL's way."""
+
+    type: Literal["video"]
+    video: str = Field(min_length=1, description=MEDIA_URL)
+
+
+ContentPart = Annotated[
+    TextPart | InputAudioPart | ImageUrlPart | VideoUrlPart | ImagePart | VideoPart, Discriminator("type")
+]
 
 
 def _as_parts(value: object) -> object:
@@ -210,7 +267,11 @@ class ChatMessage(Part):
     content: Annotated[
         list[ContentPart],
         BeforeValidator(_as_parts, json_schema_input_type=str | list[ContentPart]),
-        Field(min_length=1, description="A string, or a non-empty list of text and input_audio parts."),
+        Field(
+            min_length=1,
+            description="A string, or a non-empty list of text, input_audio, image_url, video_url, image and video "
+            "parts.",
+        ),
     ]
 
 

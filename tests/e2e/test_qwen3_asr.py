@@ -18,7 +18,7 @@ import srt
 
 from app.backends.qwen3_asr import language_names
 from app.words import text_words
-from tests.support import JFK, Server, build_tiny, post, wait_for
+from tests.support import JFK, Server, assert_error, build_tiny, post, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -103,6 +103,11 @@ def test_openai_transcriptions_and_chat_refused(asr: Server) -> None:
         client.audio.translations.create(model="whisper-1", file=f)
     error = refused.value.body
     assert isinstance(error, dict) and error["param"] == "model" and "only transcribes" in error["message"]
+
+    # No vision tower: the native vision routes refuse images with a 400 that says so.
+    for route in ("/describe", "/ocr"):
+        seen = requests.post(asr.url + route, files={"file": ("a.png", b"\x89PNG\r\n\x1a\n")}, timeout=30)
+        assert "no vision tower" in assert_error(seen, 400, "invalid_option")
 
 
 def test_detect_language_is_the_models_own_identification_and_translate_is_refused(asr: Server) -> None:

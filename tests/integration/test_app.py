@@ -140,7 +140,7 @@ def test_health_tells_a_client_what_the_server_accepts(tmp_path: Path) -> None:
     finally:
         app.extensions["asr"].stop()
     assert upload["api_key_required"] is True and upload["max_upload_bytes"] == 5_000_000
-    assert upload["languages"]["en"] == "English" and upload["translates"] and upload["takes_prompt"]
+    assert upload["languages"]["en"] == "English" and upload["translates"] and upload["takes_prompt"] and upload["sees"]
     assert upload["defaults"] == {**settings.default_options().to_dict(), "segment_duration": 30.0}
     assert upload["defaults"]["vad"] is True and upload["defaults"]["max_new_tokens"] == 8192
     captioner_settings = Settings(data_dir=str(tmp_path / "b"), device="cpu", variant="captioner", vad=False)
@@ -150,6 +150,7 @@ def test_health_tells_a_client_what_the_server_accepts(tmp_path: Path) -> None:
     finally:
         captioner.extensions["asr"].stop()
     assert upload["api_key_required"] is False and not upload["takes_prompt"] and not upload["translates"]
+    assert upload["sees"] is False  # the Captioner takes no images
     assert upload["defaults"]["vad"] is False
 
 

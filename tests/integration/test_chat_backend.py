@@ -17,6 +17,7 @@ from app.backends import BackendOutOfMemory, ChatPrompt, GenerationParams, Gener
 from app.backends.qwen_omni import QwenOmniBackend
 from app.backends.stopping import StreamState, TextStream
 from app.engine import Engine
+from app.media import Video
 from app.settings import Settings
 
 GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0, repetition_penalty=1.0)
@@ -85,8 +86,10 @@ def test_chat_prompt_rejects_malformed_conversations() -> None:
         ChatPrompt(user(None, "compare", None), [noise(1.0)])
     with pytest.raises(ValueError, match="role"):
         ChatPrompt([{"role": "tool", "content": "x"}], [])
-    with pytest.raises(ValueError, match="content part"):
+    with pytest.raises(ValueError, match="1 image parts but 0 images"):
         ChatPrompt([{"role": "user", "content": [{"type": "image"}]}], [])
+    with pytest.raises(ValueError, match="content part"):
+        ChatPrompt([{"role": "user", "content": [{"type": "file"}]}], [])
     with pytest.raises(ValueError, match="1-D"):
         ChatPrompt(user(None), [np.zeros((2, 16000), dtype=np.float32)])
     with pytest.raises(ValueError, match="at least one"):
@@ -185,6 +188,41 @@ def test_mixed_batch_of_chat_text_chat_and_transcription(backend: QwenOmniBacken
     prompts = [r.prompt_tokens for r in results]
     assert all(p > 0 for p in prompts) and len(set(prompts)) == 3
     assert all(r.tokens == FORCED.max_new_tokens and r.text for r in results)
+
+
+def test_images_and_videos_reach_their_rows_in_order(backend: QwenOmniBackend) -> None:
+    """Images and videos, among audio and transcription rows, each reach their own row in order (checked on the
+    logits against each row alone), and each video is timed by its own frame rate."""
+    rng = np.random.default_rng(7)
+    image_a, image_b = (rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(2))
+    fast = Video(rng.integers(0, 255, (4, 224, 224, 3), dtype=np.uint8), 2.0)
+    slow = Video(rng.integers(0, 255, (6, 224, 224, 3), dtype=np.uint8), 0.5)
+
+    def seeing(parts: list[str], images: list[np.ndarray], videos: list[Video]) -> GenerationRequest:
+        content = [{"type": p} if p in ("image", "video") else {"type": "text", "text": p} for p in parts]
+        return GenerationRequest.for_chat(
+            ChatPrompt([{"role": "user", "content": content}], [], images, videos), GREEDY
+        )
+
+    rows = [
+        seeing(["image", "What is it?"], [image_a], []),
+        GenerationRequest(noise(1.0, 8), GREEDY),
+        seeing(["video", "image", "Compare."], [image_b], [slow]),
+        seeing(["video", "?"], [], [fast]),
+    ]
+    inputs = backend._inputs(rows)
+    temporal = backend.processor.video_processor.temporal_patch_size
+    assert inputs["video_second_per_grid"].tolist() == [temporal / 0.5, temporal / 2.0]
+
+    def last_logits(batch: list[GenerationRequest]) -> torch.Tensor:
+        with torch.inference_mode():
+            return backend.model(**backend._inputs(batch)).logits[:, -1].float()
+
+    mixed = last_logits(rows)
+    for n, row in enumerate(rows):
+        assert torch.allclose(mixed[n], last_logits([row])[0], atol=1e-4), n
+    swapped = last_logits([seeing(["image", "What is it?"], [image_b], [])])[0]
+    assert (swapped - mixed[0]).abs().max() > 1e-3  # the model sees which image it was given
 
 
 def test_special_tokens_in_chat_text_do_not_break_the_batch(backend: QwenOmniBackend) -> None:

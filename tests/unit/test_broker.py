@@ -9,7 +9,8 @@ import pytest
 
 from app import broker
 from app.backends import AlignmentRequest, ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
-from app.errors import BrokerUnavailable, InferenceFailed, ModelUnavailable, OutOfMemory
+from app.errors import BrokerUnavailable, InferenceFailed, MediaTooLarge, ModelUnavailable, OutOfMemory
+from app.media import Video
 
 PARAMS = GenerationParams(64, 0.1, 1.1, paced=True)
 
@@ -51,6 +52,28 @@ def test_streaming_is_flagged_and_a_chat_keeps_its_messages_and_audios() -> None
     back = roundtrip(request)
     assert isinstance(back, GenerationRequest) and back.chat is not None and back.on_text is None
     assert back.chat.messages == messages and [len(a) for a in back.chat.audios] == [16000, 8000]
+
+
+def test_a_chat_with_images_and_video_crosses_losslessly() -> None:
+    """Images and video frames travel as PNG beside the audio: every pixel, every frame, the video's rate."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (56, 84, 3), dtype=np.uint8)
+    frames = rng.integers(0, 255, (4, 28, 56, 3), dtype=np.uint8)
+    content = [{"type": "image"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "what?"}]
+    chat = ChatPrompt([{"role": "user", "content": content}], [tone(0.5)], [image], [Video(frames, 1.5)])
+    back = roundtrip(GenerationRequest.for_chat(chat, PARAMS))
+    assert isinstance(back, GenerationRequest) and back.chat is not None
+    assert back.chat.messages == chat.messages and len(back.chat.audios[0]) == 8000
+    assert np.array_equal(back.chat.images[0], image)
+    assert np.array_equal(back.chat.videos[0].frames, frames) and back.chat.videos[0].fps == 1.5
+
+
+def test_media_over_the_bound_is_refused_with_413() -> None:
+    """Noise does not compress: media over MAX_MEDIA_BYTES as PNG is a clear 413, never sent."""
+    frames = np.random.default_rng(1).integers(0, 255, (8, 1400, 2000, 3), dtype=np.uint8)
+    chat = ChatPrompt([{"role": "user", "content": [{"type": "video"}]}], [], [], [Video(frames, 2.0)])
+    with pytest.raises(MediaTooLarge, match="cluster message"):
+        broker.encode_request(GenerationRequest.for_chat(chat, PARAMS))
 
 
 def test_an_alignment_crosses_with_its_text() -> None:

@@ -30,7 +30,8 @@ def chat_error(body: dict[str, Any]) -> InvalidOption:
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "'robot'"),
         ({"messages": [{"role": "user"}]}, "messages[0].content", "required"),
         ({"messages": [{"role": "user", "content": []}]}, "messages[0].content", "non-empty"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].type", "image"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].image_url", ""),
+        ({"messages": [{"role": "user", "content": [{"type": "file"}]}]}, "messages[0].content[0].type", "video_url"),
         ({"messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages[0].content[0].type", "missing"),
         (
             {"messages": [{"role": "user", "content": ["hi", {"type": "text", "text": 5}]}]},
