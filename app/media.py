@@ -104,6 +104,9 @@ class Video:
     frames: np.ndarray
     fps: float
     grid: Grid = QWEN25_GRID
+    # The frame size as uploaded (0 when not known: a video that crossed the broker).
+    width: int = 0
+    height: int = 0
 
     @property
     def tokens(self) -> int:
@@ -321,7 +324,7 @@ def decode_video(path: Path, where: str, max_tokens: int, grid: Grid = QWEN25_GR
     if got % FRAME_FACTOR:
         # Frames go in pairs: the last is repeated, as the processor would.
         frames = np.concatenate([frames, frames[-1:]])
-    return Video(frames.copy(), fps, grid)
+    return Video(frames.copy(), fps, grid, width, height)
 
 
 # ffmpeg confined to the upload and real video containers (the audio guard's protocol list, a video list).

@@ -66,13 +66,11 @@ def ocr() -> Response:
                       [], [item.frames[0]])  # fmt: skip
     result = _generate(services, chat, form, greedy=True)
     text = result.text
+    name = f"ocr_result_{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}.txt"
     if query.format == "json":
-        body = OcrResult(text=text, media=_info(services, item, media_id), usage=_usage(result))
-        return jsonify(body.body())
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    response = send_file(
-        io.BytesIO((text + "\n").encode("utf-8")), as_attachment=True, download_name=f"ocr_result_{stamp}.txt"
-    )
+        info = _info(services, item, media_id)
+        return jsonify(OcrResult(text=text, file_name=name, media=info, usage=_usage(result)).body())
+    response = send_file(io.BytesIO((text + "\n").encode("utf-8")), as_attachment=True, download_name=name)
     response.headers["Content-Type"] = "text/plain; charset=utf-8"
     response.headers["X-Media-Id"] = media_id
     return response
@@ -158,10 +156,9 @@ def _decode(services: Services, file: FileStorage, kinds: tuple[str, ...], form:
 
 
 def _video(path: Path, room: int, blocks: media.Grid) -> Item:
-    """A video upload's sampled frames."""
+    """A video upload's sampled frames, with its frame size as uploaded."""
     video = media.decode_video(path, "file", room, blocks)
-    height, width = video.frames.shape[1:3]
-    return Item("video", video.frames, width, height, video.fps)
+    return Item("video", video.frames, video.width, video.height, video.fps)
 
 
 def _looks_like_image(head: bytes) -> bool:

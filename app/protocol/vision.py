@@ -97,6 +97,10 @@ class OcrResult(Shape):
     """POST /ocr?format=json."""
 
     text: str = Field(description="All the readable text, line by line, without commentary.")
+    file_name: str = Field(
+        description="The name the text/plain answer gives it, ocr_result_<YYYYMMDDHHMMSS>.txt (UTC): save the text "
+        "under it without asking again."
+    )
     media: MediaInfo
     usage: VisionUsage
 

@@ -1,17 +1,16 @@
 // The web page's script. It is a client of the public HTTP API only (/health, /transcribe/async, /status/<id>,
 // /status/<id>/result, /v1/models), with the same key and limits as any other client. Text from the server is
-// only ever inserted as text (textContent), never as HTML.
+// only ever inserted as text (textContent), never as HTML. The API calls themselves and the language catalogues
+// are in common.js; the tabs in tabs.js; the vision tabs (/describe, /ocr, /describe-region) in vision.js.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const STORE = "qwen-asr";
-const KEYS = {
-  jobs: `${STORE}.jobs`,
-  apiKey: `${STORE}.api-key`,
-  lang: `${STORE}.lang`,
-  selected: `${STORE}.selected`,
-  removed: `${STORE}.removed`,
-};
+import {
+  $, KEYS, STORE, api, apiKey, attachmentName, authHeaders, copyToClipboard, errorOf, formatBytes, lang,
+  loadEnglish, onKeyRefused, saveBlob, t, useLanguage,
+} from "./common.js";
+import { bindTabs, shownPanel } from "./tabs.js";
+import { dropOnVision, renderVision, setupVision } from "./vision.js";
+
 const LANGUAGES = ["en", "zh-Hant", "ru"];
 const FINAL = new Set(["completed", "failed", "cancelled", "gone"]);
 // Jobs are polled gently: a server with a rate limit counts these requests against the user's key.
@@ -22,22 +21,7 @@ const HEALTH_MS = 3000;
 const MEDIA_LIMIT = 1024 ** 3;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Language catalogues: every visible string is in app/static/i18n/<language>.json.
-
-let catalogue = {};
-let english = {};
-let lang = "en";
-
-function t(key, params = {}) {
-  const text = catalogue[key] ?? english[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
-}
-
-async function loadCatalogue(code) {
-  const response = await fetch(`/static/i18n/${code}.json`);
-  if (!response.ok) throw new Error(`no catalogue for ${code}`);
-  return response.json();
-}
+// The page's language: every visible string is in app/static/i18n/<language>.json (common.js loads them).
 
 function preferredLanguage() {
   const saved = localStorage.getItem(KEYS.lang);
@@ -53,8 +37,7 @@ function preferredLanguage() {
 }
 
 async function setLanguage(code, remember) {
-  catalogue = code === "en" ? english : await loadCatalogue(code);
-  lang = code;
+  await useLanguage(code);
   document.documentElement.lang = code;
   $("lang-switch").value = code;
   if (remember) localStorage.setItem(KEYS.lang, code);
@@ -73,20 +56,6 @@ async function setLanguage(code, remember) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Formatting.
-
-function formatBytes(bytes) {
-  const units = ["byte", "kilobyte", "megabyte", "gigabyte", "terabyte"];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit += 1;
-  }
-  // Bytes in words ("24 bytes"), the rest as symbols; a no-break space keeps a figure and its unit on one line.
-  const display = unit === 0 ? "long" : "short";
-  const format = new Intl.NumberFormat(lang, { style: "unit", unit: units[unit], unitDisplay: display, maximumFractionDigits: 1 });
-  return format.format(value).replace(/ /g, "\u00a0");
-}
 
 function formatClock(seconds) {
   // Floored, as a player's clock is: a line starting at 4.8 s starts in second 0:04.
@@ -115,76 +84,6 @@ function stamp() {
   const d = new Date();
   const two = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}${two(d.getMonth() + 1)}${two(d.getDate())}-${two(d.getHours())}${two(d.getMinutes())}${two(d.getSeconds())}`;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The API: the key rides on every call, and an error body's message is shown as the server wrote it.
-
-class ApiError extends Error {
-  constructor(status, code, message, retryAfter = 0) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.retryAfter = retryAfter;
-  }
-}
-
-function apiKey() {
-  return localStorage.getItem(KEYS.apiKey) || "";
-}
-
-function authHeaders() {
-  const key = apiKey();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-function errorOf(status, text, retryAfter = 0) {
-  let code = `http_${status}`;
-  let message = t("error_status", { status });
-  try {
-    // Both envelopes (the native one and OpenAI's) keep code and message under "error".
-    const detail = JSON.parse(text).error || {};
-    code = detail.code || code;
-    message = detail.message || message;
-    // The common refusals in the page's language, with the server's own words after them.
-    if (english[`error_${code}`]) message = `${t(`error_${code}`)} (${message})`;
-  } catch {
-    // Not JSON (a proxy's page): the status says enough.
-  }
-  return new ApiError(status, code, message, retryAfter);
-}
-
-async function api(path, init = {}) {
-  const sent = apiKey();
-  let response;
-  try {
-    response = await fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
-  } catch {
-    throw new ApiError(0, "network", t("error_network"));
-  }
-  if (!response.ok) {
-    const error = errorOf(response.status, await response.text(), Number(response.headers.get("Retry-After")) || 0);
-    // A refusal of a key that has since been replaced says nothing about the new one.
-    if (error.status === 401 && sent === apiKey()) keyRefused();
-    throw error;
-  }
-  return response;
-}
-
-function attachmentName(header, fallback) {
-  if (!header) return fallback;
-  // RFC 6266: filename*=UTF-8''<percent-encoded> wins over filename=<token or quoted string>.
-  const extended = /(?:^|;)\s*filename\*\s*=\s*UTF-8''([^;\s]+)/i.exec(header);
-  if (extended) {
-    try {
-      return decodeURIComponent(extended[1]);
-    } catch {
-      // A malformed escape: fall back to the plain name.
-    }
-  }
-  const plain = /(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/i.exec(header);
-  if (!plain) return fallback;
-  return plain[1] !== undefined ? plain[1].replace(/\\(.)/g, "$1") : plain[2];
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -263,6 +162,7 @@ function renderStatus() {
 let languagesShown = "";
 
 function applyServerConfig(withDefaults) {
+  renderVision(health);
   const upload = health && health.upload;
   if (!upload) return;
   setText($("size-limit"), t("size_limit", { size: formatBytes(upload.max_upload_bytes) }));
@@ -1107,13 +1007,7 @@ async function download(format) {
   try {
     const response = await api(`/status/${encodeURIComponent(job.id)}/result?format=${format}`);
     const blob = await response.blob();
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = attachmentName(response.headers.get("Content-Disposition"), `transcription.${format}`);
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    saveBlob(blob, attachmentName(response.headers.get("Content-Disposition"), `transcription.${format}`));
   } catch (error) {
     $("result-message").textContent = error.message;
   }
@@ -1121,23 +1015,8 @@ async function download(format) {
 
 async function copyText() {
   if (!result) return;
-  const text = result.body.transcription;
-  try {
-    await navigator.clipboard.writeText(text);
-  } catch {
-    // Without a secure page there is no clipboard API: copy through a selection instead.
-    const area = document.createElement("textarea");
-    area.value = text;
-    document.body.append(area);
-    area.select();
-    const copied = document.execCommand("copy");
-    area.remove();
-    if (!copied) {
-      $("result-message").textContent = t("copy_failed");
-      return;
-    }
-  }
-  $("result-message").textContent = t("copied");
+  const copied = await copyToClipboard(result.body.transcription);
+  $("result-message").textContent = t(copied ? "copied" : "copy_failed");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1163,20 +1042,21 @@ function bind() {
     const file = event.target.files[0];
     if (file) attachMedia(file);
   });
-  // A file dropped anywhere on the page is taken, rather than opened by the browser in place of the page.
-  const zone = $("drop-zone");
+  // A file dropped anywhere on the page is taken by the tab shown, rather than opened by the browser in place
+  // of the page.
+  const zone = () => shownPanel().querySelector(".drop-zone") || $("drop-zone");
   document.addEventListener("dragover", (event) => {
     event.preventDefault();
-    zone.classList.add("over");
+    zone().classList.add("over");
   });
   document.addEventListener("dragleave", (event) => {
-    if (!event.relatedTarget) zone.classList.remove("over");
+    if (!event.relatedTarget) zone().classList.remove("over");
   });
   document.addEventListener("drop", (event) => {
     event.preventDefault();
-    zone.classList.remove("over");
+    zone().classList.remove("over");
     const file = event.dataTransfer && event.dataTransfer.files[0];
-    if (file) choose(file);
+    if (file && !dropOnVision(file)) choose(file);
   });
 }
 
@@ -1191,7 +1071,10 @@ async function pruneMedia() {
 }
 
 async function start() {
-  english = await loadCatalogue("en");
+  await loadEnglish();
+  onKeyRefused(keyRefused);
+  bindTabs();
+  setupVision();
   bind();
   window.addEventListener("storage", (event) => {
     if (event.key === KEYS.jobs || event.key === KEYS.removed) {

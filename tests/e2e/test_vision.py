@@ -175,7 +175,8 @@ def test_ocr_as_an_attachment_and_as_json(server: Server) -> None:
     assert re.fullmatch(r'attachment; filename="?ocr_result_\d{14}\.txt"?', response.headers["Content-Disposition"])
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Media-Id"])
     body = requests.post(server.url + "/ocr", params={"format": "json"}, files=files, data=SHORT, timeout=120).json()
-    assert set(body) == {"text", "media", "usage"} and body["usage"]["completion_tokens"] <= 8
+    assert set(body) == {"text", "file_name", "media", "usage"} and body["usage"]["completion_tokens"] <= 8
+    assert re.fullmatch(r"ocr_result_\d{14}\.txt", body["file_name"])
     assert body["media"]["kind"] == "image" and (body["media"]["width"], body["media"]["height"]) == (640, 240)
     again = requests.post(server.url + "/ocr", params={"format": "json"},
                           data={"media_id": body["media"]["media_id"], **SHORT}, timeout=120)  # fmt: skip
@@ -205,7 +206,7 @@ def test_describe_a_video(server: Server, mp4: Path) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["question"] == "Describe this video." and body["media"]["kind"] == "video"
-    assert body["media"]["frames"] == 6
+    assert body["media"]["frames"] == 6 and (body["media"]["width"], body["media"]["height"]) == (320, 240)
     assert leftovers(server) == []
 
 

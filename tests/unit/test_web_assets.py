@@ -20,6 +20,11 @@ BUILT_KEYS = [f"model_{s}" for s in ("unloaded", "loading", "loaded", "error")] 
 ]
 
 
+def scripts() -> str:
+    """The page's scripts (app.js and the modules it imports), one after another."""
+    return "\n".join(path.read_text(encoding="utf-8") for path in sorted(STATIC.glob("*.js")))
+
+
 def catalogue(language: str) -> dict[str, str]:
     """A language's strings."""
     return dict(json.loads((STATIC / "i18n" / f"{language}.json").read_text(encoding="utf-8")))
@@ -75,8 +80,8 @@ def test_every_language_has_the_same_strings_with_the_same_placeholders() -> Non
 
 
 def test_every_string_the_page_uses_is_in_the_catalogues(page: Page) -> None:
-    """Keys of the HTML and of the script's t("...") calls, and the keys it builds, are all defined."""
-    script = (STATIC / "app.js").read_text(encoding="utf-8")
+    """Keys of the HTML and of the scripts' t("...") calls, and the keys they build, are all defined."""
+    script = scripts()
     used = set(re.findall(r"\bt\(\"([a-z_0-9]+)\"", script)) | {key for key, _ in page.texts} | set(page.labels)
     used |= set(BUILT_KEYS) | {key for key in catalogue("en") if key.startswith("error_") and key != "error_status"}
     for pair in re.findall(r"\bt\([^\"\n]*\? \"([a-z_]+)\" : \"([a-z_]+)\"\)", script):  # t(x ? "a" : "b")
@@ -121,6 +126,7 @@ def test_the_html_has_no_inline_script_or_style(page: Page) -> None:
         assert tag != "style"
         if tag == "script":
             assert (attrs.get("src") or "").startswith("/static/"), attrs
-    script = (STATIC / "app.js").read_text(encoding="utf-8")
+    script = scripts()
+    assert "vision.js" in script and "common.js" in script
     # Server text goes in as text only.
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", script)
