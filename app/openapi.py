@@ -730,9 +730,13 @@ def _vision_operations(settings: Settings) -> list[_Operation]:
     )
     ocr_ok = {
         "description": "The text: a text/plain attachment, or OcrResult with ?format=json.",
+        # Only the text answer carries them: the JSON one has both in its body.
         "headers": {
-            "Content-Disposition": _header("attachment; filename=ocr_result_<YYYYMMDDHHMMSS>.txt (text only)."),
-            "X-Media-Id": _header("The media_id of the image (text only; JSON has it in the body)."),
+            "Content-Disposition": {
+                **_header("attachment; filename=ocr_result_<YYYYMMDDHHMMSS>.txt (text only)."),
+                "required": False,
+            },
+            "X-Media-Id": {**_header("The media_id of the image (text only)."), "required": False},
         },
         "content": {"text/plain": {"schema": _TEXT}, **_json("OcrResult")},
     }

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flask import request
-from werkzeug.datastructures import FileStorage
+from werkzeug.datastructures import FileStorage, MultiDict
 
 from app.errors import ClientDisconnected, InvalidRequest, MissingFile
 from app.protocol.native import TranscribeOptions, parse_options
@@ -43,13 +43,18 @@ def form_options() -> TranscribeOptions:
     return parse_options(request.form, settings.default_options(), settings.model_variant)
 
 
-def uploaded_file(field: str = "file") -> FileStorage:
-    """The multipart field `file` (or another); a clear 400 naming the fields sent when it is missing."""
+def form_and_files() -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+    """The request's form fields and files, parsed once; a clear 400 when the multipart body cannot be parsed."""
     try:
-        file = request.files.get(field)
+        return request.form, request.files
     except ValueError as exc:
         # Raised by the multipart parser (see UploadRequest): a clear 400 instead of an empty form.
         raise InvalidRequest(f"the multipart body cannot be parsed: {exc}") from None
+
+
+def uploaded_file(field: str = "file") -> FileStorage:
+    """The multipart field `file` (or another); a clear 400 naming the fields sent when it is missing."""
+    file = form_and_files()[1].get(field)
     if file is None:
         fields = sorted(request.files.keys())
         hint = f" (got file field(s): {', '.join(fields)})" if fields else ""

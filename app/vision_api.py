@@ -33,7 +33,7 @@ from app.protocol.vision import (
 )
 from app.security import caller
 from app.services import Services, current_services
-from app.uploads import client_check, local_path
+from app.uploads import client_check, form_and_files, local_path
 from app.vision import grid, require_sight
 
 bp = Blueprint("vision", __name__)
@@ -59,7 +59,7 @@ REGION_PREAMBLE = (
 def ocr() -> Response:
     """All the readable text of an image: a text/plain attachment, or JSON with ?format=json."""
     services = current_services()
-    query = validate(OcrQuery, {**request.form.to_dict(), **request.args.to_dict()})
+    query = validate(OcrQuery, {**form_and_files()[0].to_dict(), **request.args.to_dict()})
     form = _form(services)
     item, media_id = _media(services, form, kinds=("image",))
     chat = ChatPrompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": OCR_INSTRUCTION}]}],
@@ -118,20 +118,20 @@ def describe_region() -> Response:
 def _form(services: Services) -> VisionForm:
     """The request's fields, once the variant is known to see."""
     require_sight(services.settings, "file")
-    return validate(VisionForm, request.form.to_dict())
+    return validate(VisionForm, form_and_files()[0].to_dict())
 
 
 def _media(services: Services, form: VisionForm, kinds: tuple[str, ...]) -> tuple[Item, str]:
     """The uploaded file (kept for follow-ups under a new media_id), or the one form.media_id names."""
     who = caller()
     if form.media_id is not None:
-        if "file" in request.files:
+        if "file" in form_and_files()[1]:
             raise InvalidOption("media_id", "send either a file or a media_id, not both")
         item = services.media.get(form.media_id, who.owner, who.admin)
         if item.kind not in kinds:
             raise InvalidOption("media_id", f"names a {item.kind}; this route takes {' or '.join(kinds)}s")
         return item, form.media_id
-    file = request.files.get("file")
+    file = form_and_files()[1].get("file")
     if file is None:
         raise MissingFile(f"no {' or '.join(kinds)} uploaded: send it as the multipart form field 'file', or send "
                           "the media_id of one sent before", field="file")  # fmt: skip

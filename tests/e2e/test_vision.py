@@ -286,6 +286,20 @@ def test_an_audio_file_is_not_a_video(server: Server) -> None:
     assert leftovers(server) == []
 
 
+def test_an_overlong_video_is_refused_from_its_header(server: Server, tmp_path: Path) -> None:
+    """Eleven minutes of video (a few KB of a still colour): 413 media_too_large before any frame is decoded."""
+    path = tmp_path / "long.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "color=c=blue:size=64x64:rate=1", "-t", "660",
+         "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    with path.open("rb") as f:
+        response = requests.post(server.url + "/describe", files={"file": ("long.mp4", f)}, timeout=60)
+    assert "over this server's limit of 600 s" in assert_error(response, 413, "media_too_large")
+    assert leftovers(server) == []
+
+
 def test_the_routes_are_in_the_openapi_document(server: Server) -> None:
     """The three routes, with the vision tag, and the chat's new part types in the request schema."""
     spec = requests.get(server.url + "/openapi.json", timeout=10).json()
