@@ -173,6 +173,7 @@ def encode_request(request: GenerationRequest | AlignmentRequest) -> tuple[dict[
         audios = request.chat.audios if request.chat is not None else [request.samples]
         if request.chat is not None:
             meta["messages"] = request.chat.messages
+            meta["grid"] = request.chat.grid.factor
             images, videos = request.chat.images, request.chat.videos
         meta["lengths"] = [len(a) for a in audios]
         audio = b"".join(_pcm(a) for a in audios)
@@ -223,7 +224,8 @@ def decode_request(meta: dict[str, Any], payload: bytes) -> GenerationRequest | 
         Video(np.stack([picture(size) for size in v["frames"]]), v["fps"], media.Grid(v["factor"]))
         for v in meta.get("videos", [])
     ]
-    return GenerationRequest.for_chat(ChatPrompt(meta["messages"], pieces, images, videos), params)
+    grid = media.Grid(meta.get("grid", media.QWEN25_GRID.factor))
+    return GenerationRequest.for_chat(ChatPrompt(meta["messages"], pieces, images, videos, grid), params)
 
 
 def encode_result(result: GenerationResult | list[tuple[str, float, float]] | None) -> str:

@@ -21,9 +21,12 @@ import io
 import json
 import math
 import subprocess
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +43,8 @@ VIDEO_MAX_FRAMES = 768
 VIDEO_MIN_BLOCKS = 128
 VIDEO_MAX_BLOCKS = 768
 VIDEO_TOTAL_BLOCKS = int(128000 * 0.9)
+# How often a video decode looks whether its client is still there.
+CHECK_SECONDS = 1.0
 # Frames go to the vision tower in pairs (its temporal patch).
 FRAME_FACTOR = 2
 # Bounds on what is decoded at all: an 8K frame or a 50-megapixel photo, and ten minutes of video. An image
@@ -144,10 +149,6 @@ class Picture:
     height: int
 
 
-# EXIF orientations that turn the picture a quarter: its width and height swap when shown.
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
-
-
 def decode_image(data: bytes, where: str, grid: Grid = QWEN25_GRID) -> Picture:
     """An image file's pixels at the processor's size, with its size as a viewer shows it.
 
@@ -165,12 +166,16 @@ def decode_image(data: bytes, where: str, grid: Grid = QWEN25_GRID) -> Picture:
             image: Image.Image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             _check_shape(image.width, image.height, where)
             width, height = image.size
-            if image.getexif().get(0x0112) in _QUARTER_TURNS:
-                width, height = height, width
             target_h, target_w = grid.fit(image.height, image.width, IMAGE_MIN_BLOCKS, IMAGE_MAX_BLOCKS)
             # JPEG decodes at 1/2, 1/4 or 1/8 scale for free: never more pixels than the target needs.
             image.draft("RGB", (target_w, target_h))
+            before = image.size
             image = ImageOps.exif_transpose(image)
+            if image.size != before and image.size == before[::-1]:
+                # Turned a quarter by its EXIF orientation: shown (and boxed) the other way round. (Told by the
+                # pixels, not the tag: Pillow already reports some formats' sizes turned.)
+                width, height = height, width
+            image = _eight_bits(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
                 image = Image.new("RGB", rgba.size, "white")
@@ -188,6 +193,21 @@ def decode_image(data: bytes, where: str, grid: Grid = QWEN25_GRID) -> Picture:
         raise UnsupportedMedia(f"{where}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for truncated or corrupt files
         raise UnsupportedMedia(f"{where}: the image could not be decoded ({exc})") from None
+
+
+def _eight_bits(image: Any) -> Any:
+    """An image of 16-bit, 32-bit or float samples scaled to 8 bits (Pillow's convert would clip them at 255)."""
+    from PIL import Image
+
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0  # 0-1 floats, else 0-255 ones
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or (values.size and values.max() > 255) else 255.0
+    scaled = np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, "L")
 
 
 def to_png(pixels: np.ndarray) -> bytes:
@@ -225,7 +245,10 @@ REGION_MARGIN = 0.15
 
 
 def region(
-    picture: Picture, box: tuple[float, float, float, float], grid: Grid = QWEN25_GRID
+    picture: Picture,
+    box: tuple[float, float, float, float],
+    grid: Grid = QWEN25_GRID,
+    max_blocks: int = IMAGE_MAX_BLOCKS,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """The picture with box drawn in red, a close-up of the box with some context around it, and the box in
     whole pixels of the picture as uploaded.
@@ -253,10 +276,19 @@ def region(
     )
     if max(crop.width, crop.height) / min(crop.width, crop.height) > MAX_ASPECT_RATIO:
         raise InvalidOption("box", f"its longer side may be at most {MAX_ASPECT_RATIO} times its shorter")
-    crop_h, crop_w = grid.fit(crop.height, crop.width, REGION_MIN_BLOCKS, IMAGE_MAX_BLOCKS)
+    # Each image at most max_blocks (the two share the model's context), the close-up at least REGION_MIN_BLOCKS.
+    if max_blocks < REGION_MIN_BLOCKS:
+        raise MediaTooLarge(
+            f"the model's context has room for {max(0, max_blocks)} tokens per image beside the answer, too few for "
+            f"a region ({REGION_MIN_BLOCKS}): ask for a shorter answer"
+        )
+    crop_h, crop_w = grid.fit(crop.height, crop.width, REGION_MIN_BLOCKS, min(max_blocks, IMAGE_MAX_BLOCKS))
     close_up = np.array(crop.resize((crop_w, crop_h), Image.Resampling.BICUBIC), dtype=np.uint8)
     whole = (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
-    return np.array(overview, dtype=np.uint8), close_up, whole
+    shown = np.array(overview, dtype=np.uint8)
+    if grid.tokens(*shown.shape[:2]) > max_blocks:
+        shown = resize(shown, max_blocks, grid)
+    return shown, close_up, whole
 
 
 def video_plan(
@@ -275,7 +307,11 @@ def video_plan(
     if count // FRAME_FACTOR * smallest > max_tokens:
         count = max_tokens // smallest * FRAME_FACTOR
         if count < FRAME_FACTOR:
-            raise MediaTooLarge(f"the model's context has room for {max_tokens} more tokens, too few for a video")
+            raise MediaTooLarge(
+                f"the model's context has room for {max(0, max_tokens)} more tokens beside the answer and the rest "
+                f"of the request, too few for a video (a pair of its smallest frames takes {smallest}): ask for a "
+                "shorter answer, or send less"
+            )
     # A token per block of a pair of frames: each pair may have budget / pairs blocks.
     budget = min(VIDEO_TOTAL_BLOCKS, max_tokens)
     max_blocks = max(min(VIDEO_MAX_BLOCKS, budget / count * FRAME_FACTOR), VIDEO_MIN_BLOCKS)
@@ -293,8 +329,13 @@ def _frame_size(grid: Grid, height: int, width: int, max_blocks: float) -> tuple
     return grid.fit(frame_h, frame_w, VIDEO_MIN_BLOCKS, VIDEO_MAX_BLOCKS)
 
 
-def decode_video(path: Path, where: str, max_tokens: int, grid: Grid = QWEN25_GRID) -> Video:
-    """A video file's frames, sampled and scaled as video_plan says (its audio is not used)."""
+def decode_video(
+    path: Path, where: str, max_tokens: int, grid: Grid = QWEN25_GRID, check: Callable[[], None] | None = None
+) -> Video:
+    """A video file's frames, sampled and scaled as video_plan says (its audio is not used).
+
+    check is called about every CHECK_SECONDS while ffmpeg runs; what it raises (the client left) stops ffmpeg.
+    """
     width, height, duration = _probe_video(path, where)
     try:
         fps, count, frame_h, frame_w = video_plan(duration, width, height, max_tokens, grid)
@@ -308,19 +349,31 @@ def decode_video(path: Path, where: str, max_tokens: int, grid: Grid = QWEN25_GR
         "-vf", f"fps={fps:.6f},scale={frame_w}:{frame_h}:flags=bicubic", "-frames:v", str(count),
         "-pix_fmt", "rgb24", "-f", "rawvideo", "-",
     ]  # fmt: skip
+    # A session of its own: Ctrl-C in the service's terminal stops the service, which stops ffmpeg.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + DECODE_TIMEOUT_SECONDS
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, timeout=DECODE_TIMEOUT_SECONDS, check=False, start_new_session=True
-        )
-    except subprocess.TimeoutExpired:
-        raise UnsupportedMedia(f"{where}: decoding the video took too long") from None
+        while True:
+            try:
+                # Waiting again after a timeout loses nothing of what was read (subprocess' promise).
+                out, err = proc.communicate(timeout=CHECK_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise UnsupportedMedia(f"{where}: decoding the video took too long") from None
+                if check is not None:
+                    check()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     check_signalled(proc.returncode)
     if proc.returncode != 0:
-        raise UnsupportedMedia(f"{where}: not a decodable video: {ffmpeg_reason(proc.stderr)}")
-    got = len(proc.stdout) // frame_bytes
+        raise UnsupportedMedia(f"{where}: not a decodable video: {ffmpeg_reason(err)}")
+    got = len(out) // frame_bytes
     if got == 0:
         raise UnsupportedMedia(f"{where}: the video has no frames")
-    frames = np.frombuffer(proc.stdout, dtype=np.uint8, count=got * frame_bytes).reshape(got, frame_h, frame_w, 3)
+    frames = np.frombuffer(out, dtype=np.uint8, count=got * frame_bytes).reshape(got, frame_h, frame_w, 3)
     if got % FRAME_FACTOR:
         # Frames go in pairs: the last is repeated, as the processor would.
         frames = np.concatenate([frames, frames[-1:]])
@@ -335,7 +388,8 @@ def _probe_video(path: Path, where: str) -> tuple[int, int, float]:
     """The first video stream's width, height and duration; refused when absent, too large or too long."""
     cmd = [
         "ffprobe", "-v", "error", *_VIDEO_GUARD, "-select_streams", "v:0",
-        "-show_entries", "stream=codec_type,width,height,duration:format=duration", "-of", "json", str(path),
+        "-show_entries", "stream=codec_type,width,height,duration:stream_side_data=rotation:stream_tags=rotate"
+        ":format=duration", "-of", "json", str(path),
     ]  # fmt: skip
     try:
         proc = run_probe(cmd)
@@ -355,6 +409,9 @@ def _probe_video(path: Path, where: str) -> tuple[int, int, float]:
     if width is None or height is None:
         raise UnsupportedMedia(f"{where}: the video states no frame size")
     _check_shape(int(width), int(height), where)
+    if _quarter_turned(stream):
+        # A phone video stored sideways: ffmpeg turns its frames upright, so they are as wide as it is high.
+        width, height = height, width
     duration = _number(stream.get("duration")) or _number((info.get("format") or {}).get("duration"))
     if duration is None:
         raise UnsupportedMedia(f"{where}: the video states no duration")
@@ -363,6 +420,25 @@ def _probe_video(path: Path, where: str) -> tuple[int, int, float]:
             f"{where}: the video lasts {duration:.0f} s, over this server's limit of {MAX_VIDEO_SECONDS:g} s"
         )
     return int(width), int(height), duration
+
+
+def _quarter_turned(stream: dict[str, Any]) -> bool:
+    """Whether a video stream is shown turned a quarter (its display matrix, or the older rotate tag)."""
+    turns = [side.get("rotation") for side in stream.get("side_data_list") or [] if isinstance(side, dict)]
+    turns.append((stream.get("tags") or {}).get("rotate"))
+    for turn in turns:
+        degrees = _number(abs(float(str(turn)))) if _is_number(turn) else None
+        if degrees is not None and round(degrees) % 180 == 90:
+            return True
+    return False
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return value is not None
 
 
 def _number(value: object) -> float | None:

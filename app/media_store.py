@@ -9,6 +9,7 @@ an item is seen only by the key that made it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -78,7 +79,7 @@ class MediaStore:
 
     def put(self, item: Item, owner: str | None) -> str:
         """Keep an item; its id."""
-        self.sweep()
+        self.sweep(room=1)
         media_id = secrets.token_hex(_ID_BYTES)
         staging = self.root / f".new-{media_id}"
         staging.mkdir()
@@ -106,10 +107,14 @@ class MediaStore:
     def get(self, media_id: str, owner: str | None, admin: bool = False) -> Item:
         """The item, its use time renewed; MediaNotFound when it does not exist, expired or is another key's."""
         directory = self._directory(media_id)
+        self.sweep()
         with self._lock:
             meta = self._meta(directory, owner, admin)
             meta["used"] = self._clock()
-            self._write_meta(directory, meta)
+            try:
+                self._write_meta(directory, meta)
+            except OSError:  # evicted between the read and the write
+                raise _not_found(media_id) from None
         try:
             frames = np.stack(
                 [media.from_png((directory / f"{n:05d}.png").read_bytes()) for n in range(meta["frames"])]
@@ -131,18 +136,22 @@ class MediaStore:
             meta["turns"] = [*meta["turns"], {"question": turn.question, "answer": turn.answer}][-MAX_TURNS:]
             meta["asked"] += 1
             meta["used"] = self._clock()
-            self._write_meta(directory, meta)
+            with contextlib.suppress(OSError):  # evicted meanwhile: the answer was given, the turn is lost with it
+                self._write_meta(directory, meta)
 
-    def sweep(self) -> int:
-        """Delete expired items, and the least recently used beyond MAX_ITEMS; returns how many went."""
+    def sweep(self, room: int = 0) -> int:
+        """Delete expired items, and the least recently used beyond MAX_ITEMS less room (what a put is about to
+        add); returns how many went."""
         now = self._clock()
         kept: list[tuple[float, Path]] = []
         gone = 0
         for directory in self.root.iterdir():
             if directory.name.startswith(".new-"):
-                # A put that never finished (the process died): old enough, it is debris.
-                if now - directory.stat().st_mtime > MEDIA_TTL_SECONDS:
-                    shutil.rmtree(directory, ignore_errors=True)
+                # A put that never finished (the process died): old enough, it is debris. (One in progress
+                # may be renamed meanwhile: then it is gone from here, which is no error.)
+                with contextlib.suppress(OSError):
+                    if now - directory.stat().st_mtime > MEDIA_TTL_SECONDS:
+                        shutil.rmtree(directory, ignore_errors=True)
                 continue
             try:
                 used = float(json.loads((directory / "meta.json").read_text())["used"])
@@ -154,7 +163,7 @@ class MediaStore:
             else:
                 kept.append((used, directory))
         kept.sort()
-        for _, directory in kept[: max(0, len(kept) - MAX_ITEMS + 1)]:
+        for _, directory in kept[: max(0, len(kept) - MAX_ITEMS + room)]:
             shutil.rmtree(directory, ignore_errors=True)
             gone += 1
         return gone

@@ -10,14 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from app import media
-from app.errors import InvalidOption, MediaTooLarge
+from app.errors import InvalidOption, MediaTooLarge, RemoteMediaRefused
 from app.settings import Settings
 from app.uploads import temporary_file
+
+# What a decode calls now and then; it raises to stop the work (the client left).
+Check = Callable[[], None]
 
 # A remote image or video must arrive within this many seconds (and within the upload limit).
 REMOTE_MEDIA_SECONDS = 30.0
@@ -38,7 +43,7 @@ def grid(settings: Settings) -> media.Grid:
     return media.Grid(settings.model_variant.vision_factor)
 
 
-def fetch_bytes(url: str, where: str, settings: Settings, max_bytes: int) -> bytes:
+def fetch_bytes(url: str, where: str, settings: Settings, max_bytes: int, deadline: float | None = None) -> bytes:
     """The bytes a media URL names: a base64 data: URL's content, or (when allowed) what a public URL serves;
     MediaTooLarge past max_bytes (or the upload limit)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -57,7 +62,14 @@ def fetch_bytes(url: str, where: str, settings: Settings, max_bytes: int) -> byt
             )
         from app.remote_media import fetch
 
-        return fetch(url, max_bytes=limit, timeout=REMOTE_MEDIA_SECONDS).data
+        # One budget for all of a request's fetches (deadline, by time.monotonic()), not one per part.
+        left = REMOTE_MEDIA_SECONDS if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise RemoteMediaRefused(
+                f"{where}: the request's remote media took over {REMOTE_MEDIA_SECONDS:g} s in all; send fewer, "
+                "smaller or faster ones, or inline them as data: URLs"
+            )
+        return fetch(url, max_bytes=limit, timeout=left).data
     raise InvalidOption(where, "must be a data: URL (data:image/png;base64,...) or an http(s) URL")
 
 
@@ -85,8 +97,10 @@ def image(data: bytes, where: str, blocks: media.Grid, detail: str = "auto") -> 
     return pixels
 
 
-def video(data: bytes, where: str, uploads_dir: Path, max_tokens: int, blocks: media.Grid) -> media.Video:
+def video(
+    data: bytes, where: str, uploads_dir: Path, max_tokens: int, blocks: media.Grid, check: Check | None = None
+) -> media.Video:
     """A video's sampled frames within max_tokens, decoded from a temporary file that is always removed."""
     with temporary_file(uploads_dir) as path:
         path.write_bytes(data)
-        return media.decode_video(path, where, max_tokens, blocks)
+        return media.decode_video(path, where, max_tokens, blocks, check)

@@ -18,7 +18,7 @@ from werkzeug.datastructures import FileStorage
 from app import media
 from app.backends import ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
 from app.checkpoints import context_tokens
-from app.errors import InvalidOption, MediaTooLarge, MissingFile
+from app.errors import InsufficientStorage, InvalidOption, MediaTooLarge, MissingFile
 from app.media_store import Item, Turn
 from app.openai_api.chat import answer, check_context, finish_reason
 from app.protocol.validation import validate
@@ -46,8 +46,6 @@ OCR_INSTRUCTION = (
 )
 DEFAULT_QUESTIONS = {"image": "Describe this image.", "video": "Describe this video."}
 REGION_QUESTION = "Describe the object inside the red rectangle."
-# What a video leaves for the template and a question (MAX_PROMPT_CHARS at most), in tokens.
-QUESTION_TOKENS = 1500
 # How the region is shown: the whole image with the box drawn in red, then a close-up of the box.
 REGION_PREAMBLE = (
     "The first image is the whole picture with a red rectangle drawn around a region; the second image is a "
@@ -62,8 +60,8 @@ def ocr() -> Response:
     query = validate(OcrQuery, {**form_and_files()[0].to_dict(), **request.args.to_dict()})
     form = _form(services)
     item, media_id = _media(services, form, kinds=("image",))
-    chat = ChatPrompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": OCR_INSTRUCTION}]}],
-                      [], [item.frames[0]])  # fmt: skip
+    content = [{"type": "image"}, {"type": "text", "text": OCR_INSTRUCTION}]
+    chat = ChatPrompt([{"role": "user", "content": content}], [], [item.frames[0]], grid=grid(services.settings))
     result = _generate(services, chat, form, greedy=True)
     text = result.text
     name = f"ocr_result_{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}.txt"
@@ -87,12 +85,13 @@ def describe() -> Response:
     images = [item.frames[0]] if item.kind == "image" else []
     videos = [item.video(grid(services.settings))] if item.kind == "video" else []
     turns = item.turns
-    chat = ChatPrompt(_conversation(turns, part, question), [], images, videos)
+    blocks = grid(services.settings)
+    chat = ChatPrompt(_conversation(turns, part, question), [], images, videos, blocks)
     room = context_tokens(services.settings) - _params(services, form).max_new_tokens
     while turns and chat.estimated_tokens > room:
         # A long conversation forgets its oldest turns rather than refuse the next question.
         turns = turns[1:]
-        chat = ChatPrompt(_conversation(turns, part, question), [], images, videos)
+        chat = ChatPrompt(_conversation(turns, part, question), [], images, videos, blocks)
     result = _generate(services, chat, form)
     services.media.add_turn(media_id, Turn(question, result.text))
     return _described(services, item, media_id, question, result)
@@ -106,11 +105,14 @@ def describe_region() -> Response:
     if form.box is None:
         raise InvalidOption("box", f"is required: it {BOX_RULE}")
     item, media_id = _media(services, form, kinds=("image",))
-    overview, close_up, box = media.region(item.picture, form.box, grid(services.settings))
     question = form.question or REGION_QUESTION
-    first = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": f"{REGION_PREAMBLE} {question}"}]
-    messages = [{"role": "user", "content": first}]
-    chat = ChatPrompt(messages, [], [overview, close_up])
+    text = f"{REGION_PREAMBLE} {question}"
+    # The two images share what the context leaves beside the answer and the words (each at most its half).
+    blocks = grid(services.settings)
+    room = _room(services, form, text) // 2 - 2
+    overview, close_up, box = media.region(item.picture, form.box, blocks, max_blocks=room)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": text}]}]
+    chat = ChatPrompt(messages, [], [overview, close_up], grid=blocks)
     result = _generate(services, chat, form)
     return _described(services, item, media_id, question, result, box=list(box))
 
@@ -125,18 +127,32 @@ def _media(services: Services, form: VisionForm, kinds: tuple[str, ...]) -> tupl
     """The uploaded file (kept for follow-ups under a new media_id), or the one form.media_id names."""
     who = caller()
     if form.media_id is not None:
-        if "file" in form_and_files()[1]:
+        if _file() is not None:
             raise InvalidOption("media_id", "send either a file or a media_id, not both")
         item = services.media.get(form.media_id, who.owner, who.admin)
         if item.kind not in kinds:
             raise InvalidOption("media_id", f"names a {item.kind}; this route takes {' or '.join(kinds)}s")
         return item, form.media_id
-    file = form_and_files()[1].get("file")
+    file = _file()
     if file is None:
         raise MissingFile(f"no {' or '.join(kinds)} uploaded: send it as the multipart form field 'file', or send "
                           "the media_id of one sent before", field="file")  # fmt: skip
     item = _decode(services, file, kinds, form)
+    if services.disk.low():
+        # Kept media are written under the data dir like jobs: not below the free-space reserve.
+        raise InsufficientStorage("the server's disk is below its free-space reserve: no room to keep the file",
+                                  retry_after=60)  # fmt: skip
     return item, services.media.put(item, who.owner)
+
+
+def _file() -> FileStorage | None:
+    """The multipart field file; None when absent, or empty and unnamed (a browser's file input left empty)."""
+    file = form_and_files()[1].get("file")
+    if file is not None and not file.filename:
+        with local_path(file) as path:
+            if path.stat().st_size == 0:
+                return None
+    return file
 
 
 def _decode(services: Services, file: FileStorage, kinds: tuple[str, ...], form: VisionForm) -> Item:
@@ -150,14 +166,20 @@ def _decode(services: Services, file: FileStorage, kinds: tuple[str, ...], form:
                 raise MediaTooLarge(f"file: an image may be at most {media.MAX_IMAGE_BYTES // 1024**2} MB")
             picture = media.decode_image(path.read_bytes(), "file", grid(services.settings))
             return Item("image", picture.pixels[None], picture.width, picture.height)
-        # The video may take what the context leaves beside the answer and the question's few tokens.
-        room = context_tokens(services.settings) - _params(services, form).max_new_tokens - QUESTION_TOKENS
-        return _video(path, room, grid(services.settings))
+        # The video may take what the context leaves beside the answer and the question.
+        question = form.question or DEFAULT_QUESTIONS["video"]
+        return _video(path, _room(services, form, question) - 2, grid(services.settings))
+
+
+def _room(services: Services, form: VisionForm, text: str) -> int:
+    """Tokens the context leaves for media beside the answer asked for and this text."""
+    words = ChatPrompt([{"role": "user", "content": [{"type": "text", "text": text}]}], []).estimated_tokens
+    return context_tokens(services.settings) - _params(services, form).max_new_tokens - words
 
 
 def _video(path: Path, room: int, blocks: media.Grid) -> Item:
-    """A video upload's sampled frames, with its frame size as uploaded."""
-    video = media.decode_video(path, "file", room, blocks)
+    """A video upload's sampled frames, with its frame size as uploaded (stopped if the client leaves)."""
+    video = media.decode_video(path, "file", room, blocks, client_check())
     return Item("video", video.frames, video.width, video.height, video.fps)
 
 
@@ -193,7 +215,8 @@ def _params(services: Services, form: VisionForm, greedy: bool = False) -> Gener
 def _generate(services: Services, chat: ChatPrompt, form: VisionForm, greedy: bool = False) -> GenerationResult:
     """The thinker's answer to chat."""
     params = _params(services, form, greedy)
-    check_context(chat, params, services.settings)
+    check_context(chat, params, services.settings, "max_new_tokens",
+                  "send a smaller image or a shorter video, or lower max_new_tokens")  # fmt: skip
     future = services.engine.submit([GenerationRequest.for_chat(chat, params)])[0]
     return answer(future, client_check())
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from app.audio import SAMPLE_RATE
-from app.media import Video, image_tokens
+from app.media import QWEN25_GRID, Grid, Video, image_tokens
 from app.transcript import StopReason
 
 # Runaway guard: no speech needs more than this many new tokens per second of audio, plus a margin for short
@@ -84,6 +84,8 @@ class ChatPrompt:
     images: list[np.ndarray] = field(default_factory=list)
     # Sampled frames, one per {"type": "video"} part.
     videos: list[Video] = field(default_factory=list)
+    # The blocks the images were sized in (their tokens are counted in them).
+    grid: Grid = QWEN25_GRID
 
     def __post_init__(self) -> None:
         # Checked here, in the request's own thread: a malformed conversation must never reach the worker,
@@ -139,7 +141,7 @@ class ChatPrompt:
             texts += sum(len(piece.encode()) for piece in pieces)
         # The backend pads audio shorter than a second to a second.
         audio = sum(max(audio_tokens(a), AUDIO_TOKENS_PER_SECOND) + AUDIO_MARKER_TOKENS for a in self.audios)
-        vision = sum(image_tokens(i) + VISION_MARKER_TOKENS for i in self.images)
+        vision = sum(image_tokens(i, self.grid) + VISION_MARKER_TOKENS for i in self.images)
         vision += sum(v.tokens + VISION_MARKER_TOKENS for v in self.videos)
         prompt = PROMPT_TOKENS + MESSAGE_TOKENS * len(self.messages) + math.ceil(texts / BYTES_PER_TOKEN)
         return prompt + audio + vision

@@ -105,27 +105,42 @@ def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams
     return GenerationParams(limit or defaults.max_new_tokens, float(temperature), defaults.repetition_penalty)
 
 
-def check_context(chat: ChatPrompt, params: GenerationParams, settings: Settings) -> None:
+def check_context(
+    chat: ChatPrompt,
+    params: GenerationParams,
+    settings: Settings,
+    field: str = "messages",
+    remedy: str = "shorten the conversation or lower max_tokens",
+) -> None:
     """The prompt and the answer it asks for must fit the model's context: a clear 400 rather than a long failure."""
     context = context_tokens(settings)
     prompt = chat.estimated_tokens
     if prompt + params.max_new_tokens > context:
         raise InvalidOption(
-            "messages",
-            f"the conversation is about {prompt} tokens and asks for up to {params.max_new_tokens} more, over the "
-            f"model's context of {context} tokens: shorten the conversation or lower max_tokens",
+            field,
+            f"the request is about {prompt} tokens and asks for up to {params.max_new_tokens} more, over the "
+            f"model's context of {context} tokens: {remedy}",
         )
 
 
 def _prompt(messages: list[ChatMessage], services: Services, params: GenerationParams) -> ChatPrompt:
-    """The conversation in the processor's form, with the decoded media of its parts in order."""
+    """The conversation in the processor's form, with the decoded media of its parts in order.
+
+    Text, audio and images are read first, and the conversation is refused as soon as they pass the model's
+    context (a hundred large images must not all be decoded to be refused); the videos then share what the
+    context has left, so text after a video counts as much as text before it.
+    """
     settings = services.settings
+    grid = vision.grid(settings)
+    room = context_tokens(settings) - params.max_new_tokens
+    deadline = time.monotonic() + vision.REMOTE_MEDIA_SECONDS  # one budget for all the request's fetches
     converted: list[dict[str, Any]] = []
     audios: list[np.ndarray] = []
     images: list[np.ndarray] = []
-    videos: list[media.Video] = []
+    pending: list[tuple[str, str]] = []  # each video part's place in the request and its URL
     for i, message in enumerate(messages):
         parts: list[dict[str, Any]] = []
+        converted.append({"role": ROLES[message.role], "content": parts})
         for j, part in enumerate(message.content):
             where = f"messages[{i}].content[{j}]"
             if isinstance(part, TextPart):
@@ -143,20 +158,38 @@ def _prompt(messages: list[ChatMessage], services: Services, params: GenerationP
                 )
                 where += ".image_url.url" if isinstance(part, ImageUrlPart) else ".image"
                 vision.require_sight(settings, where)
-                data = vision.fetch_bytes(url, where, settings, media.MAX_IMAGE_BYTES)
-                images.append(vision.image(data, where, vision.grid(settings), detail))
+                data = vision.fetch_bytes(url, where, settings, media.MAX_IMAGE_BYTES, deadline)
+                images.append(vision.image(data, where, grid, detail))
                 parts.append({"type": "image"})
+                _check_room(converted, audios, images, grid, room)
             else:
                 url = part.video_url.url if isinstance(part, VideoUrlPart) else part.video
                 where += ".video_url.url" if isinstance(part, VideoUrlPart) else ".video"
                 vision.require_sight(settings, where)
-                so_far = ChatPrompt([*converted, {"role": "user", "content": parts}], audios, images, videos)
-                room = context_tokens(settings) - params.max_new_tokens - so_far.estimated_tokens
-                data = vision.fetch_bytes(url, where, settings, media.MAX_VIDEO_BYTES)
-                videos.append(vision.video(data, where, services.uploads_dir, room, vision.grid(settings)))
+                pending.append((where, url))
                 parts.append({"type": "video"})
-        converted.append({"role": ROLES[message.role], "content": parts})
-    return ChatPrompt(converted, audios, images, videos)
+    # Each video may take an equal share of what the rest leaves (its two markers included).
+    left = room - _check_room(converted, audios, images, grid, room) - 2 * len(pending)
+    videos = []
+    for where, url in pending:
+        data = vision.fetch_bytes(url, where, settings, media.MAX_VIDEO_BYTES, deadline)
+        videos.append(vision.video(data, where, services.uploads_dir, left // len(pending), grid, client_check()))
+    return ChatPrompt(converted, audios, images, videos, grid)
+
+
+def _check_room(
+    converted: list[dict[str, Any]], audios: list[np.ndarray], images: list[np.ndarray], grid: media.Grid, room: int
+) -> int:
+    """The tokens of the conversation so far without its videos; a 400 once they pass room."""
+    seen = [{**m, "content": [p for p in m["content"] if p["type"] != "video"]} for m in converted]
+    tokens = ChatPrompt(seen, audios, images, [], grid).estimated_tokens
+    if tokens > room:
+        raise InvalidOption(
+            "messages",
+            f"the conversation is already about {tokens} tokens with room for {room} beside the answer "
+            "(the model's context less max_tokens): send fewer or smaller images, or lower max_tokens",
+        )
+    return tokens
 
 
 def _decode_audio(data: str, where: str, services: Services, budget: float) -> np.ndarray:

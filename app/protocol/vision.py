@@ -10,7 +10,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from app.protocol.native import MAX_PROMPT_CHARS, MaxNewTokens, Shape, Temperature, Timestamp, absent
 
 # Exactly four non-negative numbers separated by commas (spaces around each allowed): x1,y1,x2,y2.
-_BOX = re.compile(r"\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*")
+_NUMBER = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"  # ASCII digits only (\d would take ٣ and ３)
+_BOX = re.compile(",".join([_NUMBER] * 4))
 BOX_RULE = (
     "must be x1,y1,x2,y2: exactly four numbers separated by commas, in the image's pixels, with x1 < x2 and "
     "y1 < y2, inside the image"

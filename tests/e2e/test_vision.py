@@ -166,6 +166,18 @@ def test_a_bomb_image_is_refused_without_decoding(server: Server) -> None:
     assert response.status_code in (400, 413) and response.json()["error"]["code"] == "media_too_large"
 
 
+def test_too_many_images_are_refused_before_all_are_decoded(server: Server) -> None:
+    """Fifty large images: refused once the ones read pass the model's context, naming messages."""
+    out = io.BytesIO()
+    Image.new("RGB", (2000, 2000), "grey").save(out, "PNG")
+    part = {"type": "image_url", "image_url": {"url": data_url(out.getvalue(), "image/png")}}
+    body = {"messages": [{"role": "user", "content": [part] * 50}], "max_tokens": 4}
+    response = requests.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and "already about" in error["message"]
+
+
 def test_ocr_as_an_attachment_and_as_json(server: Server) -> None:
     """The text as ocr_result_<YYYYMMDDHHMMSS>.txt, or JSON with the media_id for follow-ups."""
     files = {"file": ("scan.png", text_image())}

@@ -236,3 +236,53 @@ def test_a_region_outside_the_image_is_refused(box: tuple[float, float, float, f
     with pytest.raises(InvalidOption, match="inside the 800 x 600 image") as caught:
         media.region(picture, box)
     assert caught.value.field == "box"
+
+
+def test_a_video_stored_sideways_keeps_its_shape(tmp_path: Path) -> None:
+    """A phone video with a quarter-turn display matrix: frames come out upright and portrait, as uploaded."""
+    flat = make_video(tmp_path / "flat.mp4", 2.0)
+    turned = tmp_path / "turned.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(flat), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+         str(turned)],
+        check=True,
+    )  # fmt: skip
+    video = media.decode_video(turned, "file", 30_000)
+    assert (video.width, video.height) == (240, 320)
+    assert video.frames.shape[1] > video.frames.shape[2]  # taller than wide, not squashed into landscape
+
+
+def test_sixteen_bit_and_float_images_keep_their_range() -> None:
+    """A 16-bit grey gradient spans black to white (Pillow's own convert would clip it to two values)."""
+    gradient = np.tile(np.linspace(0, 65535, 256, dtype=np.uint16), (64, 1))
+    pixels = media.decode_image(png(Image.fromarray(gradient)), "file").pixels
+    assert pixels.min() < 10 and pixels.max() > 245 and len(np.unique(pixels[..., 0])) > 100
+    floats = np.tile(np.linspace(0, 1, 256, dtype=np.float32), (64, 1))
+    pixels = media.decode_image(png(Image.fromarray(floats, "F"), "TIFF"), "file").pixels
+    assert pixels.min() < 10 and pixels.max() > 245
+
+
+def test_a_tiff_turned_by_its_orientation_reports_its_shown_size() -> None:
+    """A 300 x 100 TIFF with orientation 6 is shown 100 x 300, and a box in that frame is inside it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture = media.decode_image(png(Image.new("RGB", (300, 100), "red"), "TIFF", exif=exif), "file")
+    assert (picture.width, picture.height) == (100, 300)
+    assert picture.pixels.shape[0] > picture.pixels.shape[1]
+    media.region(picture, (0, 0, 100, 300))
+
+
+def test_region_images_share_the_room_they_are_given() -> None:
+    """Both the overview and the close-up stay within max_blocks; too little room for a close-up is a 413."""
+    picture = media.decode_image(png(Image.new("RGB", (4000, 3000), "white")), "file")
+    overview, close_up, _ = media.region(picture, (0, 0, 4000, 3000), max_blocks=2000)
+    assert media.image_tokens(overview) <= 2000 and media.image_tokens(close_up) <= 2000
+    with pytest.raises(MediaTooLarge, match="too few for a region"):
+        media.region(picture, (0, 0, 10, 10), max_blocks=100)
+
+
+def test_box_digits_are_ascii() -> None:
+    """Fullwidth and Arabic-Indic digits are not numbers a box takes."""
+    for raw in ("１,2,3,4", "1,2,3,٤"):
+        with pytest.raises(ValueError, match="x1,y1,x2,y2"):
+            parse_box(raw)

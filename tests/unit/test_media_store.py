@@ -78,9 +78,9 @@ def test_items_expire_an_hour_after_their_last_use(tmp_path: Path) -> None:
     clock.now += MEDIA_TTL_SECONDS - 10
     store.get(media_id, None)
     clock.now += MEDIA_TTL_SECONDS + 1
+    assert store.sweep() == 1 and not (tmp_path / "media" / media_id).exists()
     with pytest.raises(MediaNotFound, match="expired"):
         store.get(media_id, None)
-    assert store.sweep() == 1 and not (tmp_path / "media" / media_id).exists()
 
 
 def test_the_least_recently_used_go_beyond_the_limit(tmp_path: Path) -> None:
@@ -122,3 +122,32 @@ def test_a_damaged_item_is_not_found(tmp_path: Path) -> None:
     frame.write_bytes(frame.read_bytes()[:20])
     with pytest.raises(MediaNotFound):
         store.get(media_id, None)
+
+
+def test_puts_gets_and_sweeps_at_once_never_fail(tmp_path: Path) -> None:
+    """Many threads keeping and reading items past MAX_ITEMS: only MediaNotFound (an evicted item), never an
+    OSError from a directory swept or renamed under another thread."""
+    import threading
+
+    store = MediaStore(tmp_path / "media")
+    errors: list[BaseException] = []
+    ids: list[str] = []
+
+    def work() -> None:
+        for _ in range(40):
+            try:
+                ids.append(store.put(image_item(), None))
+                store.get(ids[-3 if len(ids) > 3 else -1], None)
+                store.add_turn(ids[0], Turn("q", "a"))
+            except MediaNotFound:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and len(ids) == 320
+    assert len([p for p in (tmp_path / "media").iterdir() if not p.name.startswith(".")]) <= MAX_ITEMS
