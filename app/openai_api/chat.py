@@ -17,9 +17,10 @@ import numpy as np
 from flask import Response, current_app, jsonify, request
 
 from app import audio, media, vision
-from app.backends import ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
+from app.backends import VISION_MARKER_TOKENS, ChatPrompt, GenerationParams, GenerationRequest, GenerationResult
 from app.checkpoints import context_tokens
 from app.errors import AudioTooLong, InvalidOption, InvalidRequest
+from app.media import image_tokens
 from app.openai_api.events import event_stream, sse
 from app.openai_api.models import check_model
 from app.pipeline import CHECK_SECONDS, Check
@@ -126,9 +127,9 @@ def check_context(
 def _prompt(messages: list[ChatMessage], services: Services, params: GenerationParams) -> ChatPrompt:
     """The conversation in the processor's form, with the decoded media of its parts in order.
 
-    Text, audio and images are read first, and the conversation is refused as soon as they pass the model's
-    context (a hundred large images must not all be decoded to be refused); the videos then share what the
-    context has left, so text after a video counts as much as text before it.
+    Text, audio and images are read first, and the conversation is refused as soon as its images pass the
+    model's context (a hundred large images must not all be decoded to be refused); the videos then share what
+    the context has left, so text after a video counts as much as text before it.
     """
     settings = services.settings
     grid = vision.grid(settings)
@@ -138,6 +139,7 @@ def _prompt(messages: list[ChatMessage], services: Services, params: GenerationP
     audios: list[np.ndarray] = []
     images: list[np.ndarray] = []
     pending: list[tuple[str, str]] = []  # each video part's place in the request and its URL
+    seen = 0  # the images' tokens so far
     for i, message in enumerate(messages):
         parts: list[dict[str, Any]] = []
         converted.append({"role": ROLES[message.role], "content": parts})
@@ -161,35 +163,31 @@ def _prompt(messages: list[ChatMessage], services: Services, params: GenerationP
                 data = vision.fetch_bytes(url, where, settings, media.MAX_IMAGE_BYTES, deadline)
                 images.append(vision.image(data, where, grid, detail))
                 parts.append({"type": "image"})
-                _check_room(converted, audios, images, grid, room)
+                seen += image_tokens(images[-1], grid) + VISION_MARKER_TOKENS
+                if seen > room:
+                    # Refused now, not after decoding every other image too.
+                    raise InvalidOption(
+                        "messages",
+                        f"the images so far are already about {seen} tokens, with room for {room} beside the "
+                        "answer (the model's context less max_tokens): send fewer or smaller images, or lower "
+                        "max_tokens",
+                    )
             else:
                 url = part.video_url.url if isinstance(part, VideoUrlPart) else part.video
                 where += ".video_url.url" if isinstance(part, VideoUrlPart) else ".video"
                 vision.require_sight(settings, where)
                 pending.append((where, url))
                 parts.append({"type": "video"})
+    videos: list[media.Video] = []
+    if not pending:
+        return ChatPrompt(converted, audios, images, videos, grid)
     # Each video may take an equal share of what the rest leaves (its two markers included).
-    left = room - _check_room(converted, audios, images, grid, room) - 2 * len(pending)
-    videos = []
+    without = [{**m, "content": [p for p in m["content"] if p["type"] != "video"]} for m in converted]
+    left = room - ChatPrompt(without, audios, images, [], grid).estimated_tokens - 2 * len(pending)
     for where, url in pending:
         data = vision.fetch_bytes(url, where, settings, media.MAX_VIDEO_BYTES, deadline)
         videos.append(vision.video(data, where, services.uploads_dir, left // len(pending), grid, client_check()))
     return ChatPrompt(converted, audios, images, videos, grid)
-
-
-def _check_room(
-    converted: list[dict[str, Any]], audios: list[np.ndarray], images: list[np.ndarray], grid: media.Grid, room: int
-) -> int:
-    """The tokens of the conversation so far without its videos; a 400 once they pass room."""
-    seen = [{**m, "content": [p for p in m["content"] if p["type"] != "video"]} for m in converted]
-    tokens = ChatPrompt(seen, audios, images, [], grid).estimated_tokens
-    if tokens > room:
-        raise InvalidOption(
-            "messages",
-            f"the conversation is already about {tokens} tokens with room for {room} beside the answer "
-            "(the model's context less max_tokens): send fewer or smaller images, or lower max_tokens",
-        )
-    return tokens
 
 
 def _decode_audio(data: str, where: str, services: Services, budget: float) -> np.ndarray:
