@@ -252,7 +252,7 @@ def probe(path: str | Path, max_seconds: float | None = None) -> None:
         )
     if channels is not None and not 1 <= channels <= MAX_SOURCE_CHANNELS:
         raise UnsupportedAudio(f"implausible channel count {channels}: audio must have 1 to {MAX_SOURCE_CHANNELS}")
-    stated = _as_float(streams[0].get("duration")) or _as_float((info.get("format") or {}).get("duration"))
+    stated = positive_number(streams[0].get("duration")) or positive_number((info.get("format") or {}).get("duration"))
     if max_seconds is not None and stated is not None and stated > max_seconds:
         raise too_long(max_seconds, f"it lasts {stated:.0f} s")
     decode_start = [
@@ -318,7 +318,8 @@ def _as_int(value: object) -> int | None:
         return None
 
 
-def _as_float(value: object) -> float | None:
+def positive_number(value: object) -> float | None:
+    """A finite number above zero as ffprobe states it (a string, often); None for anything else."""
     try:
         number = float(str(value))
     except ValueError:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.audio import DECODE_TIMEOUT_SECONDS, INPUT_GUARD, check_signalled, ffmpeg_reason, run_probe
+from app.audio import DECODE_TIMEOUT_SECONDS, INPUT_GUARD, check_signalled, ffmpeg_reason, positive_number, run_probe
 from app.errors import InvalidOption, MediaTooLarge, UnsupportedAudio, UnsupportedMedia
 
 # The processor refuses (raises) an aspect ratio beyond this.
@@ -405,14 +405,14 @@ def _probe_video(path: Path, where: str) -> tuple[int, int, float]:
     if not streams or streams[0].get("codec_type") != "video":
         raise UnsupportedMedia(f"{where}: the file has no video stream")
     stream = streams[0]
-    width, height = _number(stream.get("width")), _number(stream.get("height"))
+    width, height = positive_number(stream.get("width")), positive_number(stream.get("height"))
     if width is None or height is None:
         raise UnsupportedMedia(f"{where}: the video states no frame size")
     _check_shape(int(width), int(height), where)
     if _quarter_turned(stream):
         # A phone video stored sideways: ffmpeg turns its frames upright, so they are as wide as it is high.
         width, height = height, width
-    duration = _number(stream.get("duration")) or _number((info.get("format") or {}).get("duration"))
+    duration = positive_number(stream.get("duration")) or positive_number((info.get("format") or {}).get("duration"))
     if duration is None:
         raise UnsupportedMedia(f"{where}: the video states no duration")
     if duration > MAX_VIDEO_SECONDS:
@@ -427,23 +427,7 @@ def _quarter_turned(stream: dict[str, Any]) -> bool:
     turns = [side.get("rotation") for side in stream.get("side_data_list") or [] if isinstance(side, dict)]
     turns.append((stream.get("tags") or {}).get("rotate"))
     for turn in turns:
-        degrees = _number(abs(float(str(turn)))) if _is_number(turn) else None
+        degrees = positive_number(str(turn).lstrip("-"))  # -90 turns as much as 90
         if degrees is not None and round(degrees) % 180 == 90:
             return True
     return False
-
-
-def _is_number(value: object) -> bool:
-    try:
-        float(str(value))
-    except ValueError:
-        return False
-    return value is not None
-
-
-def _number(value: object) -> float | None:
-    try:
-        number = float(str(value))
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None

@@ -82,10 +82,10 @@ def describe() -> Response:
     item, media_id = _media(services, form, kinds=("image", "video"))
     question = form.question or DEFAULT_QUESTIONS[item.kind]
     part: dict[str, Any] = {"type": item.kind}
-    images = [item.frames[0]] if item.kind == "image" else []
-    videos = [item.video(grid(services.settings))] if item.kind == "video" else []
-    turns = item.turns
     blocks = grid(services.settings)
+    images = [item.frames[0]] if item.kind == "image" else []
+    videos = [item.video(blocks)] if item.kind == "video" else []
+    turns = item.turns
     chat = ChatPrompt(_conversation(turns, part, question), [], images, videos, blocks)
     room = context_tokens(services.settings) - _params(services, form).max_new_tokens
     while turns and chat.estimated_tokens > room:
